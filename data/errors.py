@@ -1,0 +1,29 @@
+"""Per-case errors with a one-line message that names the case (or file) and the problem.
+
+Usage:
+    raise CaseError("case_00012", "label value 3 is not in the scheme {0, 1, 2}")
+    str(err)  # -> "case_00012: label value 3 is not in the scheme {0, 1, 2}"
+
+Batch work catches CaseError per case, carries on with the others, and lists the failures at
+the end (see `format_failures`). Anything that is not a CaseError is a bug and keeps its
+traceback.
+"""
+from __future__ import annotations
+
+
+class CaseError(Exception):
+    """A problem with one case's files or metadata; `where` is a case id or a file path."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+def format_failures(failures: list[CaseError], what: str = "case") -> str:
+    """A closing summary for batch work: one line per failed case."""
+    if not failures:
+        return ""
+    lines = [f"{len(failures)} {what}(s) failed:"]
+    lines += [f"  {f}" for f in failures]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""NIfTI I/O in KiTS19's convention.
+
+KiTS19's files store the array as (z, y, x) and their header zooms give the spacing in the same
+(z, y, x) order, with a non-standard affine (SPEC §1). We never reinterpret that affine: spacing
+comes from the header zooms, and the original affine and header travel with the array so that
+anything written back lands in the original geometry.
+
+Usage:
+    vol = read_volume("case_00000/segmentation.nii.gz")
+    vol.array.shape, vol.spacing          # (611, 512, 512), (0.5, 0.919, 0.919)
+    write_volume("pred.nii.gz", labels, affine=vol.affine, header=vol.header)
+    kits_affine((3.0, 0.8, 0.8))          # the affine KiTS19 would write for that spacing
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from data.errors import CaseError
+
+
+@dataclass
+class Volume:
+    array: np.ndarray            # (z, y, x)
+    spacing: tuple[float, float, float]  # mm, (z, y, x), from the header zooms
+    affine: np.ndarray           # 4 x 4, as stored
+    header: nib.Nifti1Header
+
+
+def kits_affine(spacing) -> np.ndarray:
+    """The affine KiTS19 stores for an array (z, y, x) with spacing (z, y, x)."""
+    sz, sy, sx = (float(s) for s in spacing)
+    return np.array([[0.0, 0.0, -sx, 0.0],
+                     [0.0, -sy, 0.0, 0.0],
+                     [-sz, 0.0, 0.0, 0.0],
+                     [0.0, 0.0, 0.0, 1.0]])
+
+
+def read_volume(path, dtype=None, where: str | None = None) -> Volume:
+    """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable."""
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise CaseError(where, f"missing file {path}")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for a bad file
+        raise CaseError(where, f"{path.name} is not a readable NIfTI file ({type(exc).__name__}: {exc})")
+    if len(img.shape) != 3:
+        raise CaseError(where, f"{path.name} has shape {tuple(img.shape)}; expected a 3D volume")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
+        raise CaseError(where, f"{path.name} has invalid spacing {zooms} in its header")
+    try:
+        array = np.asanyarray(img.dataobj)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise CaseError(where, f"{path.name} is truncated or corrupt ({type(exc).__name__}: {exc})")
+    return Volume(array=array, spacing=zooms, affine=img.affine.copy(), header=img.header.copy())
+
+
+def write_volume(path, array: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None,
+                 spacing=None) -> None:
+    """Write atomically (temp name, then rename) so a killed writer never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), affine, header=header)
+    img.set_data_dtype(np.asarray(array).dtype)
+    if spacing is not None:
+        img.header.set_zooms(tuple(float(s) for s in spacing))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.nii.gz" if path.name.endswith(".gz")
+                         else f".{path.name}.tmp{os.getpid()}.nii")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
