@@ -57,7 +57,13 @@ def read_volume(path, dtype=None, where: str | None = None) -> Volume:
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         raise CaseError(where, f"{path.name} has invalid spacing {zooms} in its header")
     try:
-        array = np.asanyarray(img.dataobj)
+        proxy = img.dataobj
+        slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+        if (slope, inter) != (1.0, 0.0) and np.isfinite(slope) and np.isfinite(inter):
+            # Scaled integers: decode straight to float32, never through a float64 copy.
+            array = img.get_fdata(dtype=np.float32)
+        else:
+            array = np.asanyarray(proxy)
         if dtype is not None:
             array = array.astype(dtype, copy=False)
     except (EOFError, OSError, zlib.error, ValueError) as exc:

@@ -1,0 +1,328 @@
+"""The study's preprocessing, in a written order, and the training cache it produces.
+
+Order per case (SPEC §1; nnU-Net's order, so predictions can be mapped back):
+    1. read labels (mapped to {0,1,2}) and the CT, in the original geometry;
+    2. crop to the body box (voxels above `body_threshold_hu`, united with the labelled voxels),
+       in the original geometry: the box is recorded so the crop can be undone;
+    3. resample to `target_spacing` (z, y, x) with nnU-Net's rule (data/resample.py);
+       new shape = round(old_spacing / new_spacing * cropped shape);
+    4. clip to `clip` HU, then normalise (x - mean) / std;
+    5. sample voxel locations of each foreground class, for foreground-oversampled patches.
+
+Cache layout (OUT/):
+    preprocess.json            the settings used (re-running with other settings is refused)
+    CASE.npy                   image, float32 (z, y, x), memory-mappable
+    CASE_seg.npy               labels, uint8 (z, y, x)
+    CASE.json                  properties: geometry, crop box, class volumes, class locations
+    cases.csv                  per-case metadata, groups, shapes and class volumes
+Each case's files are written under temporary names and renamed, properties last: a case is
+complete exactly when CASE.json exists, so a killed run resumes where it stopped.
+
+Usage:
+    settings = PreprocessSettings()                       # the study's values
+    result = run_preprocessing("raw/", "cache/", settings, workers=2)
+    image, seg, props = load_preprocessed("cache/", "case_00000")   # image memory-mapped
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.errors import CaseError, format_failures
+from data.groups import FIELDS, GroupError, parse_attribute
+from data.kits import CaseRecord, load_case, scan_cohort
+from data.labels import LabelScheme
+from data.resample import resample_image, resample_labels, resampled_shape, separate_axis
+
+SETTINGS_FILE = "preprocess.json"
+CASES_FILE = "cases.csv"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PreprocessSettings:
+    """Every value of the preprocessing, with the study's defaults."""
+    target_spacing: tuple[float, float, float] = (3.22, 1.62, 1.62)  # mm, (z, y, x)
+    clip: tuple[float, float] = (-79.0, 304.0)                        # HU
+    mean: float = 101.0
+    std: float = 76.9
+    anisotropy_threshold: float = 3.0
+    image_order: int = 3          # cubic in-plane (and along z when isotropic)
+    image_order_z: int = 0        # nearest along the separate axis
+    label_order: int = 1          # per-class linear, then >= 0.5
+    label_order_z: int = 0
+    body_threshold_hu: float = -500.0
+    samples_per_class: int = 10000
+    min_class_coverage: float = 0.01   # but at least this fraction of each class's voxels
+    label_scheme: str = "kits19"
+    age_edges: tuple[float, ...] = (50.0, 60.0, 70.0)
+    bmi_edges: tuple[float, ...] = (25.0, 30.0)
+    seed: int = 0                 # for the class-location sample
+
+    def __post_init__(self):
+        self.target_spacing = tuple(float(s) for s in self.target_spacing)
+        self.clip = tuple(float(c) for c in self.clip)
+        self.age_edges = tuple(float(e) for e in self.age_edges)
+        self.bmi_edges = tuple(float(e) for e in self.bmi_edges)
+        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+            raise ValueError(f"target_spacing must be three positive numbers (z, y, x), got {self.target_spacing}")
+        if len(self.clip) != 2 or self.clip[0] >= self.clip[1]:
+            raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")
+        if self.std <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        for name in ("image_order", "image_order_z", "label_order", "label_order_z"):
+            if getattr(self, name) not in (0, 1, 3):
+                raise ValueError(f"{name} must be 0, 1 or 3, got {getattr(self, name)}")
+        if self.label_order == 3:
+            raise ValueError("label_order 3 is not allowed: labels are never resampled with cubic")
+        LabelScheme.parse(self.label_scheme)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessSettings":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown preprocessing setting(s) {unknown}; valid: {sorted(valid)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def body_box(image: np.ndarray | None, labels: np.ndarray, threshold: float) -> tuple[tuple[int, int], ...]:
+    """Bounding box [start, stop) per axis of body voxels united with labelled voxels."""
+    boxes = []
+    masks = [labels > 0] if image is None else [labels > 0, image > threshold]
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        present = np.zeros(labels.shape[axis], dtype=bool)
+        for mask in masks:
+            present |= mask.any(axis=others)
+        hits = np.flatnonzero(present)
+        boxes.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, labels.shape[axis]))
+    return tuple(boxes)
+
+
+def sample_class_locations(labels: np.ndarray, classes, rng: np.random.Generator, *,
+                           n_samples: int, min_coverage: float) -> dict[str, list[list[int]]]:
+    """Up to n_samples voxel indices per class (at least min_coverage of the class), nnU-Net's rule."""
+    out = {}
+    for c in classes:
+        locs = np.argwhere(labels == c)
+        k = min(n_samples, len(locs))
+        k = max(k, int(np.ceil(len(locs) * min_coverage)))
+        if k < len(locs):
+            locs = locs[np.sort(rng.choice(len(locs), size=k, replace=False))]
+        out[str(c)] = locs.astype(int).tolist()
+    return out
+
+
+def class_volumes_ml(labels: np.ndarray, spacing) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    kidney = int(np.count_nonzero(labels))
+    tumor = int(np.count_nonzero(labels == 2))
+    return {"kidney_ml": kidney * voxel_ml, "tumor_ml": tumor * voxel_ml}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _save_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def case_groups(meta: dict, settings: PreprocessSettings) -> dict:
+    """Sex, age, BMI and their groups for cases.csv (BMI may be missing; sex and age may not)."""
+    row = {"sex": parse_attribute("sex").group_of(meta),
+           "age": float(meta[FIELDS["age"]]),
+           "age_group": parse_attribute("age", age_edges=settings.age_edges).group_of(meta)}
+    try:
+        row["bmi_group"] = parse_attribute("bmi", bmi_edges=settings.bmi_edges).group_of(meta)
+        row["bmi"] = float(meta[FIELDS["bmi"]])
+    except GroupError:
+        row["bmi"], row["bmi_group"] = float("nan"), ""
+    return row
+
+
+def preprocess_case(record: CaseRecord, settings: PreprocessSettings, out_dir) -> dict:
+    """Run the whole order on one case and write its cache files; return its cases.csv row."""
+    out_dir = Path(out_dir)
+    case = load_case(record, LabelScheme.parse(settings.label_scheme))
+    if case.image is None:
+        raise CaseError(record.case_id, "has no imaging.nii.gz; preprocessing needs the CT "
+                        "(for label maps alone, run `preprocess.py synthesize --from-labels` first)")
+    box = body_box(case.image, case.labels, settings.body_threshold_hu)
+    crop = tuple(slice(a, b) for a, b in box)
+    image, labels = case.image[crop], case.labels[crop]
+    new_shape = resampled_shape(image.shape, case.spacing, settings.target_spacing)
+    common = dict(new_shape=new_shape, anisotropy_threshold=settings.anisotropy_threshold)
+    image = resample_image(image, case.spacing, settings.target_spacing, order=settings.image_order,
+                           order_z=settings.image_order_z, **common)
+    np.clip(image, settings.clip[0], settings.clip[1], out=image)
+    image -= settings.mean
+    image /= settings.std
+    seg = resample_labels(labels, case.spacing, settings.target_spacing, order=settings.label_order,
+                          order_z=settings.label_order_z, classes=(1, 2), **common)
+    rng = np.random.default_rng([settings.seed, int("".join(ch for ch in record.case_id if ch.isdigit()) or 0)])
+    props = {
+        "case_id": record.case_id,
+        "format_version": FORMAT_VERSION,
+        "original_shape": list(case.shape),
+        "original_spacing": list(case.spacing),
+        "original_affine": np.asarray(case.affine).tolist(),
+        "crop_box": [list(b) for b in box],
+        "cropped_shape": list(labels.shape),
+        "resampled_shape": list(new_shape),
+        "spacing": list(settings.target_spacing),
+        "separate_axis": separate_axis(case.spacing, settings.target_spacing, settings.anisotropy_threshold),
+        "volumes_original": class_volumes_ml(case.labels, case.spacing),
+        "class_locations": sample_class_locations(seg, (1, 2), rng, n_samples=settings.samples_per_class,
+                                                  min_coverage=settings.min_class_coverage),
+    }
+    _save_npy(out_dir / f"{record.case_id}.npy", image.astype(np.float32, copy=False))
+    _save_npy(out_dir / f"{record.case_id}_seg.npy", seg)
+    _save_json(out_dir / f"{record.case_id}.json", props)
+    return summary_row(record, props, settings)
+
+
+def summary_row(record: CaseRecord, props: dict, settings: PreprocessSettings) -> dict:
+    row = {"case_id": record.case_id, **case_groups(record.meta, settings)}
+    row.update({
+        "original_shape": "x".join(map(str, props["original_shape"])),
+        "original_spacing": "x".join(f"{s:g}" for s in props["original_spacing"]),
+        "resampled_shape": "x".join(map(str, props["resampled_shape"])),
+        **{k: round(v, 3) for k, v in props["volumes_original"].items()},
+        "has_tumor": props["volumes_original"]["tumor_ml"] > 0,
+    })
+    return row
+
+
+def is_complete(out_dir, case_id: str) -> bool:
+    out_dir = Path(out_dir)
+    return all((out_dir / f"{case_id}{suffix}").is_file() for suffix in (".json", ".npy", "_seg.npy"))
+
+
+def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
+    """(image, labels, properties) of one cached case; the arrays memory-mapped by default."""
+    cache_dir = Path(cache_dir)
+    if not is_complete(cache_dir, case_id):
+        raise CaseError(case_id, f"not (completely) preprocessed in {cache_dir}")
+    mode = "r" if mmap else None
+    image = np.load(cache_dir / f"{case_id}.npy", mmap_mode=mode)
+    labels = np.load(cache_dir / f"{case_id}_seg.npy", mmap_mode=mode)
+    props = json.loads((cache_dir / f"{case_id}.json").read_text())
+    return image, labels, props
+
+
+def check_settings(out_dir: Path, settings: PreprocessSettings, *, overwrite: bool) -> None:
+    """Refuse to mix caches made with different settings, unless asked to start over."""
+    path = out_dir / SETTINGS_FILE
+    record = {"format_version": FORMAT_VERSION, "settings": settings.to_dict()}
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != record:
+            if not overwrite:
+                changed = sorted(k for k, v in record["settings"].items()
+                                 if previous.get("settings", {}).get(k) != v)
+                raise CaseError(str(out_dir), "was preprocessed with other settings "
+                                f"(differing: {', '.join(changed) or 'format version'}); choose another "
+                                "--out or pass --overwrite to redo every case")
+            for p in out_dir.glob("case_*.json"):
+                p.unlink()  # completion markers: every case is redone with the new settings
+    _save_json(path, record)
+
+
+@dataclass
+class PreprocessResult:
+    rows: list[dict] = field(default_factory=list)
+    failures: list[CaseError] = field(default_factory=list)
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def _run_one(job):
+    record, settings, out_dir = job
+    try:
+        return record.case_id, preprocess_case(record, settings, out_dir), None
+    except CaseError as exc:
+        return record.case_id, None, exc
+
+
+def _worker(job):
+    import torch  # each worker process gets one core's share, not all of them
+    torch.set_num_threads(1)
+    return _run_one(job)
+
+
+def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers: int = 1,
+                      metadata_path=None, cases: list[str] | None = None, overwrite: bool = False,
+                      progress: bool = True) -> PreprocessResult:
+    """Preprocess every case of a KiTS-layout folder into `out_dir`; cases already done are kept."""
+    start = time.time()
+    out_dir = Path(out_dir)
+    cohort = scan_cohort(raw_dir, metadata_path=metadata_path, require_imaging=True, cases=cases)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise CaseError(str(out_dir), "output folder is not writable")
+    check_settings(out_dir, settings, overwrite=overwrite)
+    result = PreprocessResult(failures=list(cohort.failures))
+    todo = []
+    for record in cohort.records:
+        if is_complete(out_dir, record.case_id):
+            props = json.loads((out_dir / f"{record.case_id}.json").read_text())
+            result.rows.append(summary_row(record, props, settings))
+            result.skipped += 1
+        else:
+            todo.append(record)
+    bar = _progress(len(todo), progress)
+    jobs = [(r, settings, out_dir) for r in todo]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            outcomes = pool.imap_unordered(_worker, jobs)
+            _collect(outcomes, result, bar)
+    else:
+        _collect((_run_one(job) for job in jobs), result, bar)
+    bar.close()
+    result.rows.sort(key=lambda r: r["case_id"])
+    if result.rows:
+        tmp = out_dir / f".{CASES_FILE}.tmp{os.getpid()}"
+        pd.DataFrame(result.rows).to_csv(tmp, index=False)
+        os.replace(tmp, out_dir / CASES_FILE)
+    result.seconds = time.time() - start
+    return result
+
+
+def _collect(outcomes, result: PreprocessResult, bar) -> None:
+    for case_id, row, error in outcomes:
+        if error is None:
+            result.rows.append(row)
+            result.done += 1
+        else:
+            result.failures.append(error)
+        bar.update(1)
+        bar.set_postfix_str(case_id)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="preprocess", unit="case", disable=not enabled or total == 0)
+
+
+def summary_line(result: PreprocessResult, out_dir) -> str:
+    line = (f"preprocessed {result.done} case(s), kept {result.skipped} already done, "
+            f"{len(result.failures)} failed, in {result.seconds:.1f} s -> {out_dir}")
+    failures = format_failures(result.failures)
+    return line + ("\n" + failures if failures else "")

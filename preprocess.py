@@ -1,0 +1,201 @@
+"""Make data and turn it into a training cache: `python preprocess.py {synthesize,run,split} ...`.
+
+    # the embedded demo cohort: procedural CT-like cases, no files needed
+    python preprocess.py synthesize --out raw/demo --cases 12 --seed 0
+    # CT-like intensities around the real KiTS19 label maps (real shapes, geometry, metadata)
+    python preprocess.py synthesize --from-labels ../shared/kits19 --out raw/k19 --only case_00002,case_00010
+    # the study's preprocessing into a cache (and a seeded splits.json, unless one exists)
+    python preprocess.py run --raw raw/demo --out cache/demo --workers 2
+    # a new split, e.g. stratified by sex with a validation fraction
+    python preprocess.py split --cache cache/demo --seed 1 --test 50 --val 0.1 --stratify sex --overwrite
+
+Settings default to the study's values (SPEC §1); `--config FILE` reads them from the
+`data.preprocess` section of a YAML config, and the flags below override single values.
+Errors about data are one line naming the case; `--debug` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from data.errors import CaseError, format_failures
+
+
+def _floats(n: int | None = None):
+    def parse(text: str):
+        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
+        if n is not None and len(values) != n:
+            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, got {text!r}")
+        return values
+    return parse
+
+
+def _ints3(text: str):
+    values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected z,y,x, got {text!r}")
+    return values
+
+
+def _case_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _amount(text: str) -> float:
+    value = float(text)
+    return int(value) if value >= 1 else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    syn = sub.add_parser("synthesize", help="write a synthetic KiTS-layout cohort (imaging, segmentation, kits.json)")
+    syn.add_argument("--out", required=True, type=Path, help="folder to write the cohort into")
+    syn.add_argument("--from-labels", type=Path, help="synthesise CT around the label maps of this KiTS folder")
+    syn.add_argument("--only", type=_case_list, help="with --from-labels: comma-separated case ids")
+    syn.add_argument("--metadata", type=Path, help="with --from-labels: metadata JSON (default DIR/kits.json)")
+    syn.add_argument("--cases", type=int, help="procedural: number of cases")
+    syn.add_argument("--shape", type=_ints3, help="procedural: grid z,y,x (default: the generator's demo size)")
+    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("--no-progress", action="store_true")
+
+    run = sub.add_parser("run", help="preprocess a KiTS-layout folder into a training cache")
+    run.add_argument("--raw", required=True, type=Path, help="KiTS-layout folder with imaging and segmentation")
+    run.add_argument("--out", required=True, type=Path, help="cache folder")
+    run.add_argument("--metadata", type=Path, help="metadata JSON (default RAW/kits.json)")
+    run.add_argument("--cases", type=_case_list, help="only these comma-separated case ids")
+    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    run.add_argument("--overwrite", action="store_true", help="redo every case if the cache has other settings")
+    run.add_argument("--config", type=Path, help="YAML config whose data.preprocess section gives the settings")
+    run.add_argument("--spacing", type=_floats(3), help="target spacing z,y,x in mm (default 3.22,1.62,1.62)")
+    run.add_argument("--clip", type=_floats(2), help="HU window low,high (default -79,304)")
+    run.add_argument("--norm", type=_floats(2), help="normalisation mean,std (default 101,76.9)")
+    run.add_argument("--label-scheme", help="kits19 (default), kits23-cyst-kidney, kits23-cyst-background, "
+                     "or a map like 0:0,1:1,2:2,3:1")
+    run.add_argument("--split-seed", type=int, default=0, help="seed of the splits.json written when none exists")
+    run.add_argument("--no-progress", action="store_true")
+
+    spl = sub.add_parser("split", help="write CACHE/splits.json: seeded train/val/test split")
+    spl.add_argument("--cache", required=True, type=Path, help="preprocessed cache folder (with cases.csv)")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--test", type=_amount, default=None,
+                     help="test cases: a count, or a fraction < 1 (default 50/210, the study's 50 of 210)")
+    spl.add_argument("--val", type=_amount, default=0.0, help="validation: a count or a fraction of train")
+    spl.add_argument("--stratify", help="grouping attribute to stratify by (sex, age, sex,age, ...)")
+    spl.add_argument("--overwrite", action="store_true", help="replace an existing splits.json")
+    return parser
+
+
+def cmd_synthesize(args) -> int:
+    from data import synthetic
+    if args.from_labels is not None:
+        if args.cases is not None or args.shape is not None:
+            raise SystemExit("error: --cases/--shape are for the procedural generator, not --from-labels")
+        written, failures = synthetic.write_cohort_from_labels(
+            args.from_labels, args.out, only=args.only, seed=args.seed, metadata_path=args.metadata,
+            progress=not args.no_progress)
+    else:
+        if args.cases is None:
+            raise SystemExit("error: give --cases N (procedural) or --from-labels DIR")
+        if args.only or args.metadata:
+            raise SystemExit("error: --only/--metadata go with --from-labels")
+        written = synthetic.write_procedural_cohort(args.out, n_cases=args.cases, seed=args.seed,
+                                                    shape=args.shape, progress=not args.no_progress)
+        failures = []
+    print(f"synthesised {len(written)} case(s) -> {args.out}")
+    if failures:
+        print(format_failures(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def settings_from_args(args):
+    from data.preprocessing import PreprocessSettings
+    values = {}
+    if args.config is not None:
+        import yaml
+        try:
+            config = yaml.safe_load(args.config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CaseError(str(args.config), f"cannot read config ({exc})") from None
+        values.update(((config.get("data") or {}).get("preprocess") or {}))
+    for flag, key in (("spacing", "target_spacing"), ("clip", "clip"), ("label_scheme", "label_scheme")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    if args.norm is not None:
+        values["mean"], values["std"] = args.norm
+    try:
+        return PreprocessSettings.from_dict(values)
+    except ValueError as exc:
+        raise CaseError(str(args.config or "settings"), str(exc)) from None
+
+
+def cmd_run(args) -> int:
+    from data.preprocessing import run_preprocessing, summary_line
+    from data.splits import make_split, save_split
+    settings = settings_from_args(args)
+    result = run_preprocessing(args.raw, args.out, settings, workers=args.workers, metadata_path=args.metadata,
+                               cases=args.cases, overwrite=args.overwrite, progress=not args.no_progress)
+    split_path = args.out / "splits.json"
+    if result.rows and not split_path.exists():
+        save_split(split_path, make_split([r["case_id"] for r in result.rows], seed=args.split_seed))
+        print(f"wrote {split_path} (seed {args.split_seed}); `preprocess.py split` makes others")
+    print(summary_line(result, args.out))
+    return 1 if result.failures else 0
+
+
+def cmd_split(args) -> int:
+    import json
+
+    import pandas as pd
+    from data.groups import FIELDS, GroupError, parse_attribute
+    from data.preprocessing import CASES_FILE, SETTINGS_FILE
+    from data.splits import STUDY_TEST_FRACTION, make_split, save_split
+    table_path = args.cache / CASES_FILE
+    if not table_path.is_file():
+        raise CaseError(str(args.cache), f"has no {CASES_FILE}; run `preprocess.py run` first")
+    table = pd.read_csv(table_path)
+    stratify = None
+    if args.stratify:
+        settings = json.loads((args.cache / SETTINGS_FILE).read_text())["settings"]
+        attribute = parse_attribute(args.stratify, age_edges=settings["age_edges"], bmi_edges=settings["bmi_edges"])
+        stratify = {}
+        for row in table.itertuples():
+            meta = {FIELDS["sex"]: row.sex, FIELDS["age"]: row.age, FIELDS["bmi"]: row.bmi}
+            try:
+                stratify[row.case_id] = attribute.group_of(meta)
+            except GroupError as exc:
+                raise CaseError(row.case_id, f"cannot stratify by {args.stratify!r}: {exc} "
+                                "(cases.csv holds sex, age and bmi)") from None
+    try:
+        split = make_split(table["case_id"].tolist(), seed=args.seed,
+                           test=STUDY_TEST_FRACTION if args.test is None else args.test, val=args.val,
+                           stratify=stratify, stratify_name=args.stratify)
+        save_split(args.cache / "splits.json", split, overwrite=args.overwrite)
+    except FileExistsError:
+        raise CaseError(str(args.cache / "splits.json"), "exists; pass --overwrite to replace it") from None
+    except ValueError as exc:
+        raise CaseError(str(args.cache / "splits.json"), str(exc)) from None
+    counts = ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test"))
+    print(f"wrote {args.cache / 'splits.json'}: {counts} (seed {args.seed})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split}
+    try:
+        return commands[args.command](args)
+    except CaseError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

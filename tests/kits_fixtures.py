@@ -1,0 +1,46 @@
+"""Tiny hand-made KiTS-layout cohorts for tests: known geometry, known intensities, known groups.
+
+Each case is a box-shaped "body" (HU 40) in air (-1000) with a kidney block (HU 200) holding a
+tumor block (HU 100), so every preprocessing step has a hand-computable answer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data.nifti import kits_affine, write_volume
+
+PEOPLE = [("male", 45, 31.0), ("female", 52, 22.5), ("male", 66, 27.0), ("female", 75, 35.2),
+          ("male", 58, 24.0), ("female", 49, 29.9), ("male", 71, 26.1), ("female", 63, 23.3)]
+
+
+def make_case_arrays(shape=(12, 20, 24)):
+    z, y, x = shape
+    labels = np.zeros(shape, np.uint8)
+    labels[3:9, 5:14, 6:16] = 1
+    labels[4:7, 7:11, 8:12] = 2
+    image = np.full(shape, -1000, np.int16)
+    image[1:z - 1, 2:y - 2, 3:x - 3] = 40
+    image[labels == 1] = 200
+    image[labels == 2] = 100
+    return image, labels
+
+
+def write_tiny_cohort(root, n_cases=4, shape=(12, 20, 24), spacing=(4.0, 0.9, 0.9), with_image=True,
+                      metadata_extra=None):
+    root = Path(root)
+    entries = []
+    for i in range(n_cases):
+        case_id = f"case_{i:05d}"
+        image, labels = make_case_arrays(shape)
+        affine = kits_affine(spacing)
+        write_volume(root / case_id / "segmentation.nii.gz", labels, affine, spacing=spacing)
+        if with_image:
+            write_volume(root / case_id / "imaging.nii.gz", image, affine, spacing=spacing)
+        sex, age, bmi = PEOPLE[i % len(PEOPLE)]
+        entries.append({"case_id": case_id, "gender": sex, "age_at_nephrectomy": age, "body_mass_index": bmi,
+                        **(metadata_extra or {})})
+    (root / "kits.json").write_text(json.dumps(entries))
+    return root
