@@ -1,7 +1,7 @@
 """Tiny hand-made KiTS-layout cohorts for tests: known geometry, known intensities, known groups.
 
 Each case is a box-shaped "body" (HU 40) in air (-1000) with a kidney block (HU 200) holding a
-tumor block (HU 100), so every preprocessing step has a hand-computable answer.
+tumor block (HU 100) and a "bone" block (HU 1000, above the clip window), so every preprocessing step has a hand-computable answer.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def make_case_arrays(shape=(12, 20, 24)):
     image[1:z - 1, 2:y - 2, 3:x - 3] = 40
     image[labels == 1] = 200
     image[labels == 2] = 100
+    image[2:10, 15:17, 17:20] = 1000  # "bone": above the clip window
     return image, labels
 
 
