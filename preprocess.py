@@ -145,7 +145,10 @@ def cmd_run(args) -> int:
         save_split(split_path, make_split([r["case_id"] for r in result.rows], seed=args.split_seed))
         print(f"wrote {split_path} (seed {args.split_seed}); `preprocess.py split` makes others")
     print(summary_line(result, args.out))
-    return 1 if result.failures else 0
+    if result.failures:
+        print(format_failures(result.failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_split(args) -> int:

@@ -29,7 +29,9 @@ class GroupError(ValueError):
 
 def normalise_sex(value) -> str:
     """'male' / 'female' from the spellings datasets use; GroupError otherwise."""
-    text = str(value).strip().lower() if value is not None else ""
+    if value is None:
+        raise GroupError(f"missing {FIELDS['sex']} (sex)")
+    text = str(value).strip().lower()
     aliases = {"male": "male", "m": "male", "man": "male", "female": "female", "f": "female", "woman": "female"}
     if text not in aliases:
         raise GroupError(f"unknown sex value {value!r} (expected male or female)")

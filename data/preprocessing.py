@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import CaseError, format_failures
+from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
 from data.labels import LabelScheme
@@ -322,7 +322,5 @@ def _progress(total: int, enabled: bool):
 
 
 def summary_line(result: PreprocessResult, out_dir) -> str:
-    line = (f"preprocessed {result.done} case(s), kept {result.skipped} already done, "
+    return (f"preprocessed {result.done} case(s), kept {result.skipped} already done, "
             f"{len(result.failures)} failed, in {result.seconds:.1f} s -> {out_dir}")
-    failures = format_failures(result.failures)
-    return line + ("\n" + failures if failures else "")

@@ -25,7 +25,7 @@ def make_case_arrays(shape=(12, 20, 24)):
     image[1:z - 1, 2:y - 2, 3:x - 3] = 40
     image[labels == 1] = 200
     image[labels == 2] = 100
-    image[2:10, 15:17, 17:20] = 1000  # "bone": above the clip window
+    image[2:10, 12:17, 16:21] = 1000  # "bone": above the clip window
     return image, labels
 
 
