@@ -1,0 +1,60 @@
+"""A fairness audit of per-case Dice for one grouping attribute: the study's table in one object.
+
+Puts together the project's pieces (group_table, fairness_summary, within-group CVaR) so every
+caller reports the same numbers the same way: per group n and Dice kidney / tumor / mean, then
+SD and SER (on the group mean Dice), ES-Dice, worst group, best-worst gap and each group's CVaR.
+
+Usage:
+    audit = audit_groups(per_case, group_col="sex", order=["male", "female"], alpha=0.2)
+    print(format_audit(audit))          # Dice in %, like the study's tables
+    audit.table, audit.summary, audit.cvar
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from fairness.summary import fairness_summary
+from fairness.tables import ALL_ROW, group_table
+from fairness.tails import within_group_cvar
+
+METRICS = ("kidney", "tumor", "mean")
+
+
+@dataclass
+class Audit:
+    group_col: str
+    table: pd.DataFrame          # group_table: fractions in [0, 1]
+    summary: dict                # fairness_summary of the group mean Dice (fractions)
+    cvar: dict                   # group -> CVaR of per-case mean Dice (fractions)
+    alpha: float
+
+
+def audit_groups(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
+                 alpha: float = 0.2) -> Audit:
+    table = group_table(per_case, group_col=group_col, metrics=METRICS, order=order)
+    groups = table.drop(index=ALL_ROW)
+    summary = fairness_summary(groups["mean"].to_dict(), overall=table.loc[ALL_ROW, "mean"], scale="fraction")
+    tails = within_group_cvar(per_case, group_col=group_col, metric="mean", alpha=alpha, order=list(groups.index))
+    return Audit(group_col=group_col, table=table, summary=summary, cvar=tails, alpha=alpha)
+
+
+def format_audit(audit: Audit) -> str:
+    """The study's table: Dice in %, SD in Dice %, SER unitless."""
+    pct = lambda v: f"{100 * v:6.1f}" if pd.notna(v) else "     -"  # noqa: E731
+    lines = [f"{audit.group_col:<18} {'n':>4} {'kidney':>7} {'tumor':>7} {'mean':>7} "
+             f"{'CVaR' + str(int(round(audit.alpha * 100))):>7}"]
+    for group, row in audit.table.iterrows():
+        tail = audit.cvar.get(group, float("nan")) if group != ALL_ROW else float("nan")
+        lines.append(f"{str(group):<18} {int(row['n']):>4} {pct(row['kidney']):>7} {pct(row['tumor']):>7} "
+                     f"{pct(row['mean']):>7} {pct(tail):>7}")
+    s = audit.summary
+    excluded = int(audit.table.loc[ALL_ROW, "n_excluded_tumor"])
+    lines.append(f"SD {100 * s['sd']:.2f}   SER {s['ser']:.2f}   ES-Dice {100 * s['es_dice']:.1f}   "
+                 f"worst {s['worst_group']} {100 * s['worst']:.1f}   gap {100 * s['gap']:.1f}")
+    if excluded:
+        lines.append(f"({excluded} case(s) with no tumor in reference or prediction: tumor Dice excluded, "
+                     "see fairness.case_dice)")
+    return "\n".join(lines)
