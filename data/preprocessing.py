@@ -70,6 +70,8 @@ class PreprocessSettings:
         self.clip = tuple(float(c) for c in self.clip)
         self.age_edges = tuple(float(e) for e in self.age_edges)
         self.bmi_edges = tuple(float(e) for e in self.bmi_edges)
+        for name in ("mean", "std", "anisotropy_threshold", "body_threshold_hu", "min_class_coverage"):
+            setattr(self, name, float(getattr(self, name)))
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
             raise ValueError(f"target_spacing must be three positive numbers (z, y, x), got {self.target_spacing}")
         if len(self.clip) != 2 or self.clip[0] >= self.clip[1]:

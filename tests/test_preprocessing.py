@@ -120,3 +120,12 @@ def test_cli_run_writes_split_and_honours_flags(raw, tmp_path, capsys):
     split = json.loads((out / "splits.json").read_text())
     sexes = pd.read_csv(out / "cases.csv").set_index("case_id")["sex"]
     assert sorted(sexes[c] for c in split["test"]) == ["female", "male"]  # stratified: one of each
+
+
+def test_shipped_config_is_the_study_defaults():
+    import yaml
+    from pathlib import Path
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "preprocess_study.yaml").read_text())
+    assert PreprocessSettings.from_dict(config["data"]["preprocess"]) == PreprocessSettings()
+    with pytest.raises(ValueError, match=r"unknown preprocessing setting\(s\) \['spacing'\]; valid:"):
+        PreprocessSettings.from_dict({"spacing": [1, 1, 1]})
