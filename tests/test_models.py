@@ -1,0 +1,69 @@
+"""The four networks: stage planning, output and deep-supervision shapes, backward, init, registry."""
+import pytest
+import torch
+
+from models import MODELS, build_model
+from models.blocks import AttentionGate
+from models.planning import plan_stages
+
+TINY = {"base_features": 4, "max_features": 16}
+
+
+def test_plan_matches_spec_for_the_study_patch():
+    plan = plan_stages((80, 160, 160))
+    assert plan.strides == ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
+    assert plan.features == (32, 64, 128, 256, 320, 320)
+    assert plan.bottleneck_size == (5, 5, 5)
+    assert plan_stages((32, 32, 32)).strides == ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+    assert plan_stages((16, 32, 32)).strides == ((1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 2, 2))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shapes_deep_supervision_and_backward(name):
+    torch.manual_seed(0)
+    net = build_model({"name": name, **TINY}, patch_size=(16, 32, 32), in_channels=1, num_classes=3)
+    x = torch.randn(2, 1, 16, 32, 32)
+    outputs = net(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 32, 32), (2, 3, 8, 16, 16), (2, 3, 4, 8, 8)]
+    sum(o.float().pow(2).mean() for o in outputs).backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    net.deep_supervision = False
+    single = net(x)
+    assert isinstance(single, torch.Tensor) and single.shape == (2, 3, 16, 32, 32)
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"{name}: {n_params} parameters at base 4")
+    assert n_params > 0
+
+
+def test_full_size_parameter_counts():
+    # nnU-Net's KiTS19 3d_fullres plain U-Net has ~31 M parameters at 6 stages, 32..320 features.
+    net = build_model({"name": "nnunet"}, patch_size=(80, 160, 160))
+    assert 30e6 < sum(p.numel() for p in net.parameters()) < 32e6
+
+
+def test_nnunet_init_zero_bias_and_kaiming_scale():
+    net = build_model({"name": "nnunet", **TINY}, patch_size=(16, 32, 32))
+    conv = net.encoder.stages[1][0][0].conv
+    assert torch.count_nonzero(conv.bias) == 0
+    fan_in = conv.weight[0].numel()
+    expected_std = (2 / (1 + 0.01 ** 2) / fan_in) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.15)
+
+
+def test_attention_gate_formula():
+    gate = AttentionGate(skip_channels=2, gate_channels=3, inter_channels=4)
+    x, g = torch.randn(1, 2, 4, 4, 4), torch.randn(1, 3, 4, 4, 4)
+    psi = torch.sigmoid(gate.psi(torch.relu(gate.w_x(x) + gate.w_g(g))))
+    torch.testing.assert_close(gate(x, g), x * psi)
+    coarse = torch.randn(1, 3, 2, 2, 2)  # the gating signal comes from a coarser level
+    assert gate(x, coarse).shape == x.shape
+
+
+def test_registry_errors_list_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet'; valid: nnunet, unet, vnet, attention_unet"):
+        build_model({"name": "resnet"}, patch_size=(16, 32, 32))
+    with pytest.raises(ValueError, match=r"model 'nnunet' has no option\(s\) \['base_feature'\]"):
+        build_model({"name": "nnunet", "base_feature": 8}, patch_size=(16, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by the network's total stride"):
+        build_model({"name": "nnunet", "strides": [[1, 1, 1], [2, 2, 2]], "features": [4, 8]}, patch_size=(15, 32, 32))
