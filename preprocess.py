@@ -152,30 +152,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_split(args) -> int:
-    import json
-
-    import pandas as pd
-    from data.groups import FIELDS, GroupError, parse_attribute
-    from data.preprocessing import CASES_FILE, SETTINGS_FILE
+    from data.preprocessing import groups_from_table, load_cache_settings, load_case_table
     from data.splits import STUDY_TEST_FRACTION, make_split, save_split
-    table_path = args.cache / CASES_FILE
-    if not table_path.is_file():
-        raise CaseError(str(args.cache), f"has no {CASES_FILE}; run `preprocess.py run` first")
-    table = pd.read_csv(table_path)
+    table = load_case_table(args.cache)
     stratify = None
     if args.stratify:
-        settings = json.loads((args.cache / SETTINGS_FILE).read_text())["settings"]
-        attribute = parse_attribute(args.stratify, age_edges=settings["age_edges"], bmi_edges=settings["bmi_edges"])
-        stratify = {}
-        for row in table.itertuples():
-            meta = {FIELDS["sex"]: row.sex, FIELDS["age"]: row.age, FIELDS["bmi"]: row.bmi}
-            try:
-                stratify[row.case_id] = attribute.group_of(meta)
-            except GroupError as exc:
-                raise CaseError(row.case_id, f"cannot stratify by {args.stratify!r}: {exc} "
-                                "(cases.csv holds sex, age and bmi)") from None
+        stratify = groups_from_table(table, args.stratify, load_cache_settings(args.cache))
     try:
-        split = make_split(table["case_id"].tolist(), seed=args.seed,
+        split = make_split(table.index.tolist(), seed=args.seed,
                            test=STUDY_TEST_FRACTION if args.test is None else args.test, val=args.val,
                            stratify=stratify, stratify_name=args.stratify)
         save_split(args.cache / "splits.json", split, overwrite=args.overwrite)

@@ -227,6 +227,34 @@ def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
     return image, labels, props
 
 
+def load_case_table(cache_dir) -> pd.DataFrame:
+    """cases.csv of a cache, indexed by case id."""
+    path = Path(cache_dir) / CASES_FILE
+    if not path.is_file():
+        raise CaseError(str(cache_dir), f"has no {CASES_FILE}; run `preprocess.py run` first")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("case_id")
+
+
+def load_cache_settings(cache_dir) -> PreprocessSettings:
+    path = Path(cache_dir) / SETTINGS_FILE
+    if not path.is_file():
+        raise CaseError(str(cache_dir), f"has no {SETTINGS_FILE}; run `preprocess.py run` first")
+    return PreprocessSettings.from_dict(json.loads(path.read_text())["settings"])
+
+
+def groups_from_table(table: pd.DataFrame, spec: str, settings: PreprocessSettings) -> dict[str, str]:
+    """{case_id: group} for an attribute over sex, age and BMI (the fields cases.csv keeps)."""
+    attribute = parse_attribute(spec, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges)
+    groups = {}
+    for case_id, row in table.iterrows():
+        meta = {FIELDS["sex"]: row["sex"], FIELDS["age"]: row["age"], FIELDS["bmi"]: row["bmi"]}
+        try:
+            groups[case_id] = attribute.group_of(meta)
+        except GroupError as exc:
+            raise CaseError(case_id, f"cannot group by {spec!r}: {exc} (cases.csv holds sex, age and bmi)") from None
+    return groups
+
+
 def check_settings(out_dir: Path, settings: PreprocessSettings, *, overwrite: bool) -> None:
     """Refuse to mix caches made with different settings, unless asked to start over."""
     path = out_dir / SETTINGS_FILE

@@ -103,5 +103,10 @@ class DeepSupervisionLoss(nn.Module):
         total = sum(w * l for w, l in zip(self.weights, per_level) if w > 0)
         return total, per_level
 
+    def per_sample_levels(self, outputs, target) -> torch.Tensor:
+        """(B, n_outputs) per-sample losses at every level (zero-weighted levels included)."""
+        return torch.stack([self.loss.per_sample(out, t) for out, t, _ in self._levels(outputs, target)], dim=1)
+
     def per_sample(self, outputs, target) -> torch.Tensor:
-        return sum(w * self.loss.per_sample(out, t) for out, t, w in self._levels(outputs, target) if w > 0)
+        levels = self.per_sample_levels(outputs, target)
+        return levels @ torch.tensor(self.weights, dtype=levels.dtype, device=levels.device)

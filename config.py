@@ -1,0 +1,165 @@
+"""Run configuration: YAML sections over the study's defaults, `base:` inheritance, --set overrides.
+
+A config has the sections data, model, loss, sampler, optim, train, eval, fairness. DEFAULTS
+below is the schema: every key a config may set, with the study's values (SPEC §1). A key that
+is not in the schema is an error naming the valid keys; a value of the wrong type is an error.
+The `model` section is open: besides `name`, its keys are the keyword arguments of that model's
+builder (models/networks.py), which rejects misspellings itself.
+
+A config file may start with `base: other.yaml` (relative to the file): the base is loaded
+first and this file's sections are merged over it, so experiment configs stay a few lines.
+
+Usage:
+    cfg = load_config("configs/resm_sex.yaml", overrides=["train.epochs=2", "train.patch_size=[32,64,64]"])
+    cfg["train"]["epochs"]
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from data.augment import AugmentSettings
+from data.preprocessing import PreprocessSettings
+
+DEFAULTS = {
+    "data": {
+        "raw": None,                 # KiTS-layout folder (imaging + segmentation + metadata)
+        "metadata": None,            # default RAW/kits.json
+        "cache": "cache/kits19",     # preprocessed cache (made from `raw` when missing)
+        "synthesize_cases": 0,       # >0: synthesise a procedural cohort into `raw` when it is missing
+        "synthesize_seed": 0,
+        "synthesize_shape": None,    # procedural grid (z, y, x); None: the generator's default
+        "preprocess": PreprocessSettings().to_dict(),
+        "preprocess_workers": 1,
+        "split_seed": 0,
+        "test": 50 / 210,            # count or fraction (the study: 50 of 210)
+        "val": 0.0,                  # count or fraction of train; 0: validate on the test split
+        "stratify": None,
+        "groups": ["sex", "age"],    # attributes reported in every table
+    },
+    "model": {"name": "nnunet", "deep_supervision": True},
+    "loss": {"name": "dice_ce", "dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5, "batch_dice": False},
+    "sampler": {"name": "uniform", "pos_ratio": 1.0, "neg_ratio": 1.0},
+    "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+              "schedule": "constant", "poly_exponent": 0.9, "grad_clip": 12.0},
+    "train": {
+        "epochs": 2000,
+        "batch_size": 4,
+        "patch_size": [80, 160, 160],   # (z, y, x)
+        "seed": 0,
+        "workers": 2,
+        "device": "auto",               # auto | cpu | cuda | cuda:N
+        "amp": "auto",                  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | off
+        "compile": False,
+        "channels_last": False,
+        "cudnn_benchmark": True,
+        "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(AugmentSettings()).items()},
+        "out_dir": "runs",
+        "name": None,                   # run folder name; default: config name + time
+        "checkpoint_every": 10,         # epochs between last.pt writes
+        "log_every": 10,                # steps between console lines
+        "max_nonfinite_steps": 20,      # consecutive NaN/Inf losses before the run stops
+        "image_slices": 2,              # TensorBoard: cases shown at each validation
+    },
+    "eval": {
+        "every": 50,                    # epochs between validations
+        "criterion": "mean_dice",       # best.pt: highest validation mean Dice
+        "overlap": 0.5,                 # sliding-window step 0.5 of the patch
+        "mirror": False,                # test-time mirroring (all 8 flips)
+        "tile_batch": 2,
+        "max_cases": 0,                 # 0: every validation case
+    },
+    "fairness": {"attribute": "sex"},
+}
+OPEN_SECTIONS = {"model"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict, over: dict, where: str, strict: bool) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        path = f"{where}.{key}" if where else key
+        if strict and key not in base:
+            raise ConfigError(f"unknown config key {path!r}; valid keys in {where or 'the top level'}: "
+                              f"{', '.join(sorted(base))}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            section_open = strict and path in OPEN_SECTIONS
+            out[key] = _merge(base[key], value, path, strict and not section_open)
+        else:
+            if strict:
+                _check_type(path, base[key], value)
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_type(path: str, default, value) -> None:
+    if default is None or value is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) == isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"config key {path!r} expects {type(default).__name__}, got {value!r}")
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"config {path} inherits from itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = _read_yaml((path.parent / base).resolve(), seen + (path,))
+    return _merge(parent, raw, "", strict=False)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
+    """DEFAULTS <- file (with its bases) or a saved config (a checkpoint's) <- overrides; validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if saved is not None:
+        cfg = _merge(cfg, saved, "", strict=True)
+    if path is not None:
+        cfg = _merge(cfg, _read_yaml(Path(path).resolve()), "", strict=True)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        cfg = _merge(cfg, nested, "", strict=True)
+    PreprocessSettings.from_dict(cfg["data"]["preprocess"])
+    AugmentSettings.from_dict(cfg["train"]["augment"])
+    return cfg
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

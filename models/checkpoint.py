@@ -1,0 +1,63 @@
+"""Self-describing checkpoints: weights plus everything needed to rebuild and resume the run.
+
+A checkpoint holds the resolved config (so the network is rebuilt from it alone), the git
+commit, the model/optimiser/scheduler/scaler states, the epoch and step reached, the best
+validation score, and the RNG states. It is written to a temporary name and renamed, so a
+killed write never leaves a corrupt file behind.
+
+Usage:
+    save_checkpoint(run_dir / "last.pt", {...})
+    ckpt = load_checkpoint("runs/x/last.pt")
+    model = model_from_checkpoint(ckpt)     # rebuilt from ckpt["config"], weights loaded
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path, state: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a fairkits checkpoint (no config or model state)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict):
+    from models import build_model
+    cfg = ckpt["config"]
+    model = build_model(cfg["model"], patch_size=cfg["train"]["patch_size"], in_channels=1,
+                        num_classes=ckpt.get("num_classes", 3))
+    model.load_state_dict(ckpt["model"])  # strict: another architecture fails here, by key
+    return model
