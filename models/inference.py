@@ -60,7 +60,7 @@ def _forward(model, tiles: torch.Tensor, mirror: bool) -> torch.Tensor:
 def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool = False, tile_batch: int = 2,
                  device="cpu", amp_dtype=None) -> torch.Tensor:
     """Class probabilities (C, Z, Y, X), float32 on the CPU, for an image (Z, Y, X) or (1, Z, Y, X)."""
-    image = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    image = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: cached images are read-only memmaps
     if image.dim() == 3:
         image = image[None]
     shape = image.shape[1:]
