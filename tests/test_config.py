@@ -1,0 +1,47 @@
+"""Config loading: schema, inheritance, overrides, clear errors."""
+import pytest
+
+from config import ConfigError, DEFAULTS, load_config
+
+
+def test_defaults_are_the_study_recipe():
+    cfg = load_config()
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["momentum"] == 0.9
+    assert cfg["train"]["batch_size"] == 4 and cfg["train"]["epochs"] == 2000
+    assert cfg["train"]["patch_size"] == [80, 160, 160]
+    assert cfg["data"]["preprocess"]["target_spacing"] == [3.22, 1.62, 1.62]
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 100\n  batch_size: 2\nmodel:\n  name: unet\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.patch_size=[16, 32, 32]", "model.base_features=8"])
+    assert cfg["train"]["epochs"] == 7 and cfg["train"]["batch_size"] == 2
+    assert cfg["model"] == {"name": "unet", "deep_supervision": True, "base_features": 8}
+    assert cfg["train"]["patch_size"] == [16, 32, 32]
+    assert DEFAULTS["train"]["epochs"] == 2000  # the schema itself is never modified
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=2", "unknown config key 'train.epoch'; valid keys in train: amp, augment"),
+    ("trian.epochs=2", "unknown config key 'trian'"),
+    ("train.epochs=two", "config key 'train.epochs' expects int, got 'two'"),
+    ("train.epochs=2.5", "config key 'train.epochs' expects int"),
+    ("train.compile=1", "config key 'train.compile' expects bool"),
+    ("data.preprocess.spacing=[1,1,1]", "unknown config key 'data.preprocess.spacing'"),
+    ("train.epochs", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="a config must be a mapping"):
+        load_config(tmp_path / "list.yaml")

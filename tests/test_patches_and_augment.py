@@ -1,0 +1,111 @@
+"""Patches and augmentation: alignment of image and label, pos/neg crops, seeding, probabilities."""
+import numpy as np
+import pytest
+import torch
+
+from data.augment import Augmenter, AugmentSettings, gaussian_smooth, zoom
+from data.patches import PatchDataset, crop_window, read_window
+from data.preprocessing import PreprocessSettings, run_preprocessing
+from data.samplers import build_sampler
+from tests.kits_fixtures import write_tiny_cohort
+
+ALL_ON = AugmentSettings(zoom_p=1.0, noise_p=0.0, smooth_p=0.0, scale_p=1.0, flip_p=0.5)
+
+
+def test_spatial_transforms_keep_a_label_coloured_image_aligned():
+    # The image *is* the label (as float): after zoom and flips they must still agree voxel by voxel.
+    rng = np.random.default_rng(0)
+    label = torch.from_numpy(rng.integers(0, 3, (12, 20, 24))).long()
+    label = torch.nn.functional.max_pool3d(label[None, None].float(), 3, 1, 1)[0, 0].long()  # blobs
+    aug = Augmenter(AugmentSettings(zoom_p=1.0, noise_p=0, smooth_p=0, scale_p=0, flip_p=0.5))
+    for seed in range(10):
+        image, out_label = aug(label[None].float(), label.clone(), np.random.default_rng(seed))
+        assert image.shape == (1, 12, 20, 24) and out_label.shape == (12, 20, 24)
+        interior = (image[0] - image[0].round()).abs() < 1e-6  # trilinear mixes at boundaries only
+        agree = (image[0].round().long() == out_label)[interior].float().mean().item()
+        assert agree > 0.97
+
+
+def test_zoom_keeps_size_and_scales_about_the_centre():
+    label = torch.zeros(20, 20, 20, dtype=torch.long)
+    label[6:14, 6:14, 6:14] = 1
+    image, zoomed = zoom(label[None].float(), label, 1.2)
+    assert zoomed.shape == (20, 20, 20)
+    assert 8 ** 3 < zoomed.sum() <= 10 ** 3          # the cube grew (8 -> 9.6 voxels per side)
+    assert zoomed[10, 10, 10] == 1 and zoomed[0, 0, 0] == 0
+
+
+def test_smoothing_preserves_mean_and_constants():
+    const = torch.full((1, 8, 8, 8), 3.0)
+    torch.testing.assert_close(gaussian_smooth(const, (0.5, 1.0, 1.15)), const)
+    spike = torch.zeros(1, 9, 9, 9)
+    spike[0, 4, 4, 4] = 1
+    blurred = gaussian_smooth(spike, (1.0, 1.0, 1.0))
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5) and blurred.max() < 0.1
+
+
+def test_transform_probabilities_match_the_settings():
+    # flips fire with p = 0.5 per axis: count them over many seeds by flipping a ramp
+    ramp = torch.arange(4.0).view(1, 4, 1, 1).expand(1, 4, 4, 4).contiguous()
+    label = torch.zeros(4, 4, 4, dtype=torch.long)
+    aug = Augmenter(AugmentSettings(zoom_p=0, noise_p=0, smooth_p=0, scale_p=0, flip_p=0.5))
+    flipped = sum(aug(ramp, label, np.random.default_rng(s))[0][0, 0, 0, 0].item() == 3.0 for s in range(2000))
+    assert abs(flipped / 2000 - 0.5) < 0.04
+    scale = Augmenter(AugmentSettings(zoom_p=0, noise_p=0, smooth_p=0, scale_p=0.15, flip_p=0))
+    ones = torch.ones(1, 2, 2, 2)
+    scaled = [scale(ones, label[:2, :2, :2], np.random.default_rng(s))[0][0, 0, 0, 0].item() for s in range(4000)]
+    changed = [v for v in scaled if v != 1.0]
+    assert abs(len(changed) / 4000 - 0.15) < 0.02
+    assert min(changed) >= 0.7 - 1e-6 and max(changed) <= 1.3 + 1e-6
+
+
+def test_crop_window_pads_small_cases_and_stays_inside():
+    starts, padded = crop_window((10, 50, 50), (16, 32, 32), centre=(0, 49, 25))
+    assert padded == [16, 50, 50]
+    assert starts == [-3, 18, 9]    # z: symmetric padding of 3; y: pushed back inside
+    window = read_window(np.ones((10, 50, 50), np.float32), starts, (16, 32, 32))
+    assert window.shape == (16, 32, 32) and window[:3].sum() == 0 and window[3:13].min() == 1
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patches")
+    write_tiny_cohort(root / "raw", n_cases=4, shape=(24, 40, 48), spacing=(3.22, 1.62, 1.62))
+    run_preprocessing(root / "raw", root / "cache", PreprocessSettings(), progress=False)
+    return root / "cache"
+
+
+def test_positive_crops_contain_foreground(cache):
+    ids = ["case_00000", "case_00001"]
+    pos_only = PatchDataset(cache, ids, patch_size=(8, 16, 16), augment=AugmentSettings.none(), neg_ratio=0.0)
+    assert all(pos_only[(i % 2, s)]["label"].any() for i, s in enumerate(range(40)))
+    balanced = PatchDataset(cache, ids, patch_size=(8, 16, 16), augment=AugmentSettings.none())
+    with_fg = sum(bool(balanced[(0, s)]["label"].any()) for s in range(200))
+    assert 0.45 < with_fg / 200 < 0.9  # half centred on foreground, plus background crops that touch it
+
+
+def test_patches_are_a_function_of_their_seed(cache):
+    ds = PatchDataset(cache, ["case_00000", "case_00001"], patch_size=(16, 32, 32), augment=AugmentSettings())
+    a, b, c = ds[(1, 7)], ds[(1, 7)], ds[(1, 8)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], c["image"])
+    sampler = build_sampler({"name": "uniform"}, n_cases=2, batch_size=2, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2)
+    first = [batch["image"] for batch in loader]
+    again = [batch["image"] for batch in loader]
+    assert all(torch.equal(x, y) for x, y in zip(first, again))   # same seed, same batches
+    assert not torch.equal(first[0][0], first[0][1])                # no two workers/items alike
+
+
+def test_uniform_sampler_epochs_and_ranks():
+    sampler = build_sampler({"name": "uniform"}, n_cases=10, batch_size=4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3
+    assert sorted(i for b in batches for i, _ in b) == list(range(10))  # one pass over the cases
+    sampler.set_epoch(1)
+    assert [i for b in sampler for i, _ in b] != [i for b in batches for i, _ in b]
+    ranks = [list(build_sampler({"name": "uniform"}, n_cases=10, batch_size=4, seed=0, rank=r, world_size=2))
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    with pytest.raises(ValueError, match="unknown sampler 'resm'; valid: uniform"):
+        build_sampler({"name": "resm"}, n_cases=10, batch_size=4, seed=0)
