@@ -355,8 +355,14 @@ def main(argv=None) -> int:
     if is_main:
         eval_dir = run_dir / "eval"
         eval_dir.mkdir(exist_ok=True)
-        if (run_dir / "best.pt").is_file():
+        # best.pt is chosen on the validation cases; with no validation split those are the test
+        # cases, and testing the weights picked on them would flatter the result: use the last.
+        if split["val"] and (run_dir / "best.pt").is_file():
             unwrap(model).load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+            log("evaluating best.pt (chosen on the validation split) on the test split")
+        else:
+            log("evaluating the final weights on the test split (no validation split: best.pt was "
+                "chosen on the test cases, so it is not used for the test tables)")
         per_case, _ = validate(model, cache, test_ids, groups_by_attr, cfg, device, amp_dtype)
         per_case.to_csv(eval_dir / "per_case.csv", index=False)
         audits = log_audits(writer, per_case, groups_by_attr, orders, step, "test")
