@@ -41,7 +41,9 @@ DEFAULTS = {
     },
     "model": {"name": "nnunet", "deep_supervision": True},
     "loss": {"name": "dice_ce", "dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5, "batch_dice": False},
-    "sampler": {"name": "uniform", "pos_ratio": 1.0, "neg_ratio": 1.0},
+    "sampler": {"name": "uniform", "pos_ratio": 1.0, "neg_ratio": 1.0,
+                "target": "min",             # resm: min | max | mean cases per group
+                "redraw": True},             # resm: draw the resampled set anew every epoch
     "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
               "schedule": "constant", "poly_exponent": 0.9, "grad_clip": 12.0},
     "train": {
@@ -71,7 +73,7 @@ DEFAULTS = {
         "tile_batch": 2,
         "max_cases": 0,                 # 0: every validation case
     },
-    "fairness": {"attribute": "sex"},
+    "fairness": {"attribute": "sex"},      # the group attribute mitigations act on (resm, stratified, ...)
 }
 OPEN_SECTIONS = {"model"}
 

@@ -226,8 +226,13 @@ def main(argv=None) -> int:
     patch = tuple(tc["patch_size"])
     dataset = PatchDataset(cache, train_ids, patch_size=patch, augment=AugmentSettings.from_dict(tc["augment"]),
                            pos_ratio=cfg["sampler"]["pos_ratio"], neg_ratio=cfg["sampler"]["neg_ratio"])
+    fair_attr = cfg["fairness"]["attribute"]
+    fair_groups = groups_by_attr.get(fair_attr) or groups_from_table(table, fair_attr, settings)
     sampler = build_sampler(cfg["sampler"], n_cases=len(train_ids), batch_size=tc["batch_size"], seed=tc["seed"],
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, groups=[fair_groups[c] for c in train_ids])
+    if hasattr(sampler, "group_counts"):
+        log(f"sampler {cfg['sampler']['name']} by {fair_attr}: cases per group per epoch "
+            + ", ".join(f"{g} {n}" for g, n in sampler.group_counts().items()))
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tc["workers"],
                                          pin_memory=device.type == "cuda", persistent_workers=False)
     train_groups = {attr: [g[c] for c in train_ids] for attr, g in groups_by_attr.items()}

@@ -8,7 +8,9 @@ all ranks run the same number of steps.
 
 An epoch is one pass over the training cases in batches (SPEC §1): ceil(n / batch) batches.
 
-    uniform   a seeded permutation of the cases each epoch (the baseline)
+    uniform     a seeded permutation of the cases each epoch (the baseline)
+    resm        RESM: each group resampled to the same number of cases (target min / max / mean)
+    stratified  every batch holds the same number of cases from each group
 
 Usage:
     sampler = build_sampler({"name": "uniform"}, n_cases=len(ds), batch_size=4, seed=0)
@@ -67,16 +69,114 @@ class UniformSampler(EpochBatchSampler):
         return rng.permutation(self.n_cases).tolist()
 
 
-SAMPLERS = {"uniform": UniformSampler}
+def _by_group(groups) -> dict[str, list[int]]:
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    return dict(sorted(members.items()))
 
 
-def build_sampler(cfg: dict, *, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+class ResampledSampler(EpochBatchSampler):
+    """RESM: every group contributes the same number of cases to an epoch.
+
+    target "min" undersamples every group to the smallest one's size (the study's choice: 63 per
+    sex group, 31 per age group), "max" oversamples to the largest, "mean" meets in between
+    (rounded). Oversampling repeats whole permutations before drawing extra cases, so every case
+    of a small group appears as evenly as possible. With redraw, each epoch draws anew; without,
+    the set drawn in epoch 0 is kept (the study rebuilt its training set once).
+    """
+
+    TARGETS = ("min", "max", "mean")
+
+    def __init__(self, *, groups, target: str = "min", redraw: bool = True, **common):
+        super().__init__(**common)
+        if target not in self.TARGETS:
+            raise ValueError(f"unknown RESM target {target!r}; valid: {', '.join(self.TARGETS)}")
+        self.members = _by_group(groups)
+        sizes = [len(m) for m in self.members.values()]
+        self.per_group = {"min": min(sizes), "max": max(sizes), "mean": int(round(sum(sizes) / len(sizes)))}[target]
+        self.redraw = redraw
+
+    def group_counts(self) -> dict[str, int]:
+        return {g: self.per_group for g in self.members}
+
+    def epoch_length(self) -> int:
+        return self.per_group * len(self.members)
+
+    def _draw(self, rng: np.random.Generator) -> list[int]:
+        chosen = []
+        for members in self.members.values():
+            reps, extra = divmod(self.per_group, len(members))
+            picks = [members[i] for _ in range(reps) for i in rng.permutation(len(members))]
+            picks += [members[i] for i in rng.choice(len(members), size=extra, replace=False)]
+            chosen += picks
+        return chosen
+
+    def epoch_order(self, rng: np.random.Generator) -> list[int]:
+        if self.redraw:
+            chosen = self._draw(rng)
+        else:
+            chosen = self._draw(np.random.default_rng([self.seed, 0, 1]))
+        return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+class StratifiedSampler(EpochBatchSampler):
+    """Every batch holds batch_size / n_groups cases of every group (2 + 2 for sex at batch 4).
+
+    An epoch has as many batches as a uniform one (ceil(n / batch)); each group's cases are drawn
+    from its own reshuffled stream, so small groups repeat and large ones rotate.
+    """
+
+    def __init__(self, *, groups, **common):
+        super().__init__(**common)
+        self.members = _by_group(groups)
+        if self.batch_size % len(self.members):
+            raise ValueError(f"stratified batches need a batch size divisible by the {len(self.members)} groups "
+                             f"({', '.join(self.members)}); got train.batch_size={self.batch_size}")
+        self.per_batch = self.batch_size // len(self.members)
+
+    def group_counts(self) -> dict[str, int]:
+        n_batches = math.ceil(self.n_cases / self.batch_size)
+        return {g: n_batches * self.per_batch for g in self.members}
+
+    def epoch_length(self) -> int:
+        return math.ceil(self.n_cases / self.batch_size) * self.batch_size
+
+    def epoch_order(self, rng: np.random.Generator) -> list[int]:
+        n_batches = math.ceil(self.n_cases / self.batch_size)
+        streams = {}
+        for group, members in self.members.items():
+            need = n_batches * self.per_batch
+            stream = []
+            while len(stream) < need:
+                stream += [members[i] for i in rng.permutation(len(members))]
+            streams[group] = stream[:need]
+        order = []
+        for b in range(n_batches):
+            batch = [c for stream in streams.values() for c in stream[b * self.per_batch:(b + 1) * self.per_batch]]
+            order += [batch[i] for i in rng.permutation(len(batch))]
+        return order
+
+
+SAMPLERS = {"uniform": UniformSampler, "resm": ResampledSampler, "stratified": StratifiedSampler}
+PATCH_OPTIONS = ("pos_ratio", "neg_ratio")   # read by the dataset, not the sampler
+SAMPLER_OPTIONS = {"uniform": (), "resm": ("target", "redraw"), "stratified": ()}
+
+
+def build_sampler(cfg: dict, *, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                  groups=None):
+    """The sampler named in cfg; `groups` (one group label per case) is needed by resm/stratified."""
     cfg = dict(cfg)
     name = cfg.pop("name", "uniform")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
-    for key in ("pos_ratio", "neg_ratio"):  # patch-level options, read by the dataset
-        cfg.pop(key, None)
-    if cfg:
-        raise ValueError(f"sampler {name!r} has no option(s) {sorted(cfg)}")
-    return SAMPLERS[name](n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    options = {k: cfg.pop(k) for k in SAMPLER_OPTIONS[name] if k in cfg}
+    unused = sorted(k for k in cfg if k not in PATCH_OPTIONS and not any(k in o for o in SAMPLER_OPTIONS.values()))
+    if unused:
+        raise ValueError(f"sampler {name!r} has no option(s) {unused}")
+    common = dict(n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    if name != "uniform":
+        if groups is None or len(groups) != n_cases:
+            raise ValueError(f"sampler {name!r} needs one group per training case")
+        return SAMPLERS[name](groups=list(groups), **options, **common)
+    return SAMPLERS[name](**common)

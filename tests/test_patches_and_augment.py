@@ -107,5 +107,70 @@ def test_uniform_sampler_epochs_and_ranks():
     ranks = [list(build_sampler({"name": "uniform"}, n_cases=10, batch_size=4, seed=0, rank=r, world_size=2))
              for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 2
-    with pytest.raises(ValueError, match="unknown sampler 'resm'; valid: uniform"):
-        build_sampler({"name": "resm"}, n_cases=10, batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="unknown sampler 'balanced'; valid: uniform, resm, stratified"):
+        build_sampler({"name": "balanced"}, n_cases=10, batch_size=4, seed=0)
+
+
+SEX = ["male"] * 7 + ["female"] * 3                      # 10 training cases
+AGE = ["[0,50)"] * 4 + ["[50,60)"] * 3 + ["[60,70)"] * 2 + [">=70"] * 5
+
+
+def count_groups(sampler, groups, epochs=1):
+    counts = {}
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            for index, _ in batch:
+                counts[groups[index]] = counts.get(groups[index], 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("target, per_group", [("min", 3), ("max", 7), ("mean", 5)])
+def test_resm_gives_every_group_the_same_count_each_epoch(target, per_group):
+    sampler = build_sampler({"name": "resm", "target": target, "redraw": True}, n_cases=10, batch_size=2, seed=0,
+                            groups=SEX)
+    assert sampler.group_counts() == {"female": per_group, "male": per_group}
+    for epoch in range(3):
+        assert count_groups(sampler, SEX) == {"male": per_group, "female": per_group}
+        sampler.set_epoch(epoch + 1)
+    # oversampling a group of 3 to 7 uses each of its cases twice or three times, never 0
+    if target == "max":
+        sampler.set_epoch(0)
+        used = [i for b in sampler for i, _ in b if SEX[i] == "female"]
+        assert sorted(set(used)) == [7, 8, 9] and max(used.count(i) for i in (7, 8, 9)) == 3
+
+
+def test_resm_fixed_set_and_seed_reproducibility():
+    make = lambda seed, redraw: build_sampler({"name": "resm", "target": "min", "redraw": redraw},  # noqa: E731
+                                              n_cases=10, batch_size=2, seed=seed, groups=SEX)
+    fixed = make(0, False)
+    males = []
+    for epoch in range(3):
+        fixed.set_epoch(epoch)
+        males.append(sorted(i for b in fixed for i, _ in b if SEX[i] == "male"))
+    assert males[0] == males[1] == males[2]               # the set is kept, only the order changes
+    assert list(make(0, True)) == list(make(0, True))     # same seed, same batches
+    assert list(make(0, True)) != list(make(1, True))
+
+
+def test_stratified_batches_are_exactly_balanced():
+    sampler = build_sampler({"name": "stratified"}, n_cases=14, batch_size=4, seed=0, groups=AGE)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == 4                            # ceil(14 / 4): one pass in batches
+        for batch in batches:
+            assert sorted(AGE[i] for i, _ in batch) == sorted(["[0,50)", "[50,60)", "[60,70)", ">=70"])
+    sex = build_sampler({"name": "stratified"}, n_cases=10, batch_size=4, seed=0, groups=SEX)
+    assert count_groups(sex, SEX, epochs=5) == {"male": 30, "female": 30}   # 3 batches x (2 + 2) x 5
+    with pytest.raises(ValueError, match="batch size divisible by the 4 groups"):
+        build_sampler({"name": "stratified"}, n_cases=14, batch_size=6, seed=0, groups=AGE)
+
+
+def test_stratified_under_ddp_each_rank_stratified():
+    ranks = [build_sampler({"name": "stratified"}, n_cases=10, batch_size=2, seed=0, groups=SEX, rank=r,
+                           world_size=2) for r in range(2)]
+    for sampler in ranks:
+        for batch in sampler:
+            assert sorted(SEX[i] for i, _ in batch) == ["female", "male"]
+    assert len(list(ranks[0])) == len(list(ranks[1]))
