@@ -73,7 +73,15 @@ DEFAULTS = {
         "tile_batch": 2,
         "max_cases": 0,                 # 0: every validation case
     },
-    "fairness": {"attribute": "sex"},      # the group attribute mitigations act on (resm, stratified, ...)
+    "fairness": {
+        "attribute": "sex",             # the group attribute mitigations act on (resm, stratified, fairmeta)
+        "method": "none",               # none | fairmeta (in-processing; samplers are set in `sampler`)
+        "alpha": 1.0,                   # fairmeta: alpha * L_seg + beta * L_cls
+        "beta": 2.0,
+        "input": "softmax+image",       # fairmeta classifier input: softmax+image | image
+        "adversarial": False,           # fairmeta: reverse the gradient reaching the segmenter
+        "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
+    },
 }
 OPEN_SECTIONS = {"model"}
 

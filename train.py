@@ -33,6 +33,7 @@ from data.prepare import prepare_data
 from data.preprocessing import groups_from_table, load_cache_settings, load_case_table
 from data.samplers import build_sampler
 from fairness.audit import audit_groups, format_audit
+from fairness.meta import FairMetaBranch
 from models import build_model
 from models.checkpoint import git_commit, load_checkpoint, save_checkpoint
 from models.inference import score_cached_cases
@@ -41,6 +42,7 @@ from models.losses import DeepSupervisionLoss, DiceCELoss
 LOSSES = {"dice_ce": DiceCELoss}
 OPTIMIZERS = {"sgd", "adamw"}
 SCHEDULES = {"constant", "poly"}
+FAIRNESS_METHODS = {"none", "fairmeta"}
 
 
 def parse_args(argv=None):
@@ -242,12 +244,26 @@ def main(argv=None) -> int:
     model = build_model(cfg["model"], patch_size=patch, in_channels=1, num_classes=3).to(device)
     n_outputs = len(model.decoder.heads) if model.deep_supervision else 1
     criterion = DeepSupervisionLoss(build_loss(cfg["loss"]), n_outputs=n_outputs)
-    optimizer = build_optimizer(cfg["optim"], model.parameters())
+    fc = cfg["fairness"]
+    if fc["method"] not in FAIRNESS_METHODS:
+        raise ConfigError(f"unknown fairness.method {fc['method']!r}; valid: {', '.join(sorted(FAIRNESS_METHODS))}")
+    meta = None
+    if fc["method"] == "fairmeta":
+        meta_groups = orders.get(fair_attr) or sorted(set(fair_groups.values()))
+        meta = FairMetaBranch(groups=meta_groups, input=fc["input"], adversarial=fc["adversarial"],
+                              **fc["classifier"]).to(device)
+        group_position = {g: i for i, g in enumerate(meta_groups)}
+        log(f"fair meta-learning on {fair_attr} ({', '.join(meta_groups)}): {fc['alpha']} * L_seg + "
+            f"{fc['beta']} * L_cls, classifier input {fc['input']}{', adversarial' if fc['adversarial'] else ''}")
+    params = list(model.parameters()) + (list(meta.parameters()) if meta is not None else [])
+    optimizer = build_optimizer(cfg["optim"], params)
     scheduler = build_schedule(cfg["optim"], optimizer, tc["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start_epoch, step, best = 0, 0, -math.inf
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
+        if meta is not None:
+            meta.load_state_dict(resume_ckpt["fairmeta"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         scaler.load_state_dict(resume_ckpt["scaler"])
@@ -264,6 +280,9 @@ def main(argv=None) -> int:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=not unwrap(model).deep_supervision)
+        if meta is not None:
+            meta = torch.nn.parallel.DistributedDataParallel(
+                meta, device_ids=[device.index] if device.type == "cuda" else None)
     n_params = sum(p.numel() for p in unwrap(model).parameters())
     log(f"model: {cfg['model']['name']} ({n_params / 1e6:.2f} M parameters), patch {patch}, "
         f"device {device}{', AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else ''}, world size {world}")
@@ -277,6 +296,7 @@ def main(argv=None) -> int:
         save_checkpoint(run_dir / name, {
             "config": cfg, "git_commit": git_commit(), "num_classes": 3,
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            **({"fairmeta": unwrap(meta).state_dict()} if meta is not None else {}),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch_done, "step": step, "best": best,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -287,6 +307,8 @@ def main(argv=None) -> int:
     for epoch in range(start_epoch, tc["epochs"]):
         sampler.set_epoch(epoch)
         model.train()
+        if meta is not None:
+            meta.train()
         t0, seen = time.time(), 0
         for batch in loader:
             image = batch["image"].to(device, non_blocking=True)
@@ -299,6 +321,13 @@ def main(argv=None) -> int:
             weights = torch.tensor(criterion.weights, device=levels.device)
             per_sample = levels @ weights
             loss = criterion(outputs, label)[0] if cfg["loss"]["batch_dice"] else per_sample.mean()
+            cases = batch["case"].tolist()
+            if meta is not None:
+                group_index = torch.tensor([group_position[fair_groups[train_ids[c]]] for c in cases], device=device)
+                full_res = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss_cls, cls_logits = meta(image, full_res, group_index)
+                loss = fc["alpha"] * loss + fc["beta"] * loss_cls
             optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 nonfinite_streak += 1
@@ -313,7 +342,7 @@ def main(argv=None) -> int:
             nonfinite_streak = 0
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(params, cfg["optim"]["grad_clip"])
             scaler.step(optimizer)
             scaler.update()
             seen += image.shape[0]
@@ -321,7 +350,12 @@ def main(argv=None) -> int:
                 writer.add_scalar("train/loss", loss.item(), step)
                 for i, value in enumerate(levels.mean(0).tolist()):
                     writer.add_scalar(f"train/loss_level{i}", value, step)
-                cases = batch["case"].tolist()
+                if meta is not None:
+                    writer.add_scalar("train/L_cls", loss_cls.item(), step)
+                    hits = (cls_logits.argmax(1) == group_index).float()
+                    for g, i in group_position.items():
+                        if (group_index == i).any():
+                            writer.add_scalar(f"train/cls_accuracy/{g}", hits[group_index == i].mean().item(), step)
                 for attr, groups in train_groups.items():
                     for g in sorted({groups[c] for c in cases}):
                         mask = torch.tensor([groups[c] == g for c in cases], device=per_sample.device)
