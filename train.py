@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         log(f"sampler {cfg['sampler']['name']} by {fair_attr}: cases per group per epoch "
             + ", ".join(f"{g} {n}" for g, n in sampler.group_counts().items()))
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tc["workers"],
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
+                                         pin_memory=device.type == "cuda", persistent_workers=tc["workers"] > 0)
     train_groups = {attr: [g[c] for c in train_ids] for attr, g in groups_by_attr.items()}
     log(f"data: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test cases from {cache}")
 
@@ -304,6 +304,7 @@ def main(argv=None) -> int:
 
     # --- the loop ----------------------------------------------------------------------------------
     nonfinite_streak = 0
+    run_start = time.time()
     for epoch in range(start_epoch, tc["epochs"]):
         sampler.set_epoch(epoch)
         model.train()
@@ -363,7 +364,8 @@ def main(argv=None) -> int:
             if step % tc["log_every"] == 0:
                 rate = seen * world / max(time.time() - t0, 1e-6)
                 log(f"epoch {epoch + 1}/{tc['epochs']} step {step} loss {loss.item():.4f} "
-                    f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} patches/s")
+                    f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} patches/s "
+                    f"[{time.strftime('%H:%M:%S', time.gmtime(time.time() - run_start))}]")
             step += 1
         scheduler.step()
         if writer:
