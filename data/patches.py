@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.augment import Augmenter, AugmentSettings
-from data.preprocessing import load_preprocessed
+from data.preprocessing import load_arrays, load_preprocessed
 
 
 def crop_window(shape, patch_size, centre) -> tuple[list[int], list[int]]:
@@ -81,7 +81,8 @@ class PatchDataset(Dataset):
         index, seed = key
         case_id = self.case_ids[index]
         rng = np.random.default_rng(seed)
-        image, label, _ = load_preprocessed(self.cache_dir, case_id)
+        # arrays only: the properties (with thousands of class locations) were read in __init__
+        image, label = load_arrays(self.cache_dir, case_id)
         centre = self._centre(case_id, label, rng)
         starts, _ = crop_window(label.shape, self.patch_size, centre)
         image_patch = torch.from_numpy(read_window(image, starts, self.patch_size, fill=0.0))[None]

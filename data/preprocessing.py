@@ -215,14 +215,20 @@ def is_complete(out_dir, case_id: str) -> bool:
     return all((out_dir / f"{case_id}{suffix}").is_file() for suffix in (".json", ".npy", "_seg.npy"))
 
 
+def load_arrays(cache_dir, case_id: str, *, mmap: bool = True):
+    """(image, labels) of one cached case, without parsing its properties (the per-patch path)."""
+    cache_dir = Path(cache_dir)
+    mode = "r" if mmap else None
+    return (np.load(cache_dir / f"{case_id}.npy", mmap_mode=mode),
+            np.load(cache_dir / f"{case_id}_seg.npy", mmap_mode=mode))
+
+
 def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
     """(image, labels, properties) of one cached case; the arrays memory-mapped by default."""
     cache_dir = Path(cache_dir)
     if not is_complete(cache_dir, case_id):
         raise CaseError(case_id, f"not (completely) preprocessed in {cache_dir}")
-    mode = "r" if mmap else None
-    image = np.load(cache_dir / f"{case_id}.npy", mmap_mode=mode)
-    labels = np.load(cache_dir / f"{case_id}_seg.npy", mmap_mode=mode)
+    image, labels = load_arrays(cache_dir, case_id, mmap=mmap)
     props = json.loads((cache_dir / f"{case_id}.json").read_text())
     return image, labels, props
 
