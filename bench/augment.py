@@ -371,7 +371,7 @@ def child_monai_parts(work: Path, threads: int, case_id: str, patch, n: int, see
         data, _ = _monai_case(work, case_id, cached)
         pad_crop, _ = _monai_pipeline(patch, settings, cached=cached)
         crop = T.Compose(pad_crop).set_random_state(seed)
-        times, _, _ = _timed_loop(lambda _: crop(dict(data)), [None] * (n + warm), warm)
+        times, _, _ = _timed_loop(lambda _, d=data: crop(dict(d)), [None] * (n + warm), warm)
         parts["crop (indices cached)" if cached else "crop"] = 1e3 * float(np.mean(times))
         if not cached:
             crops = [crop(dict(data))[0] for _ in range(n)]
