@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -173,3 +174,46 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def yaml_load(path) -> dict:
+    """A YAML mapping from a file, or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping")
+    return data
+
+
+@dataclass(frozen=True)
+class Sweep:
+    config: Path                  # the experiment config every run starts from
+    runs: dict                    # run name -> list of "section.key=value" overrides
+
+
+def load_sweep(path) -> Sweep:
+    """A sweep file: `config:` (relative to the file) and `runs:` {name: {section.key: value}}.
+
+    Every run's resolved config is validated here, so a misspelled key fails before any training.
+    """
+    path = Path(path)
+    data = yaml_load(path)
+    unknown = set(data) - {"config", "runs"}
+    if unknown or "config" not in data or not isinstance(data.get("runs"), dict) or not data["runs"]:
+        raise ConfigError(f"{path}: a sweep has exactly the keys config (a file) and runs (name: {{key: value}})"
+                          + (f"; unknown: {', '.join(sorted(map(str, unknown)))}" if unknown else ""))
+    config = (path.parent / data["config"]).resolve()
+    runs = {}
+    for name, sets in data["runs"].items():
+        if not isinstance(sets, dict) or "/" in str(name):
+            raise ConfigError(f"{path}: run {name!r} must map section.key to a value (and have no '/')")
+        runs[str(name)] = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                           for key, value in sets.items()]
+        try:
+            load_config(config, runs[str(name)])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {name}: {exc}") from None
+    return Sweep(config=config, runs=runs)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from config import ConfigError, dump_config, load_config
+from config import ConfigError, dump_config, load_config, load_sweep, yaml_load
 from data.augment import AugmentSettings
 from data.errors import CaseError
 from data.patches import PatchDataset
@@ -52,6 +52,10 @@ def parse_args(argv=None):
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--resume", type=Path, help="run folder (or checkpoint) to continue from its last.pt")
     p.add_argument("--name", help="run folder name under train.out_dir (default: config name + time)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="train once per seed (the study averages 0 1 2): runs NAME/seedS, resumable")
+    p.add_argument("--sweep", type=Path, metavar="FILE",
+                   help="a sweep file (configs/sweeps/): one run per entry, each its config plus overrides")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
@@ -61,8 +65,8 @@ def parse_args(argv=None):
 def setup_distributed():
     if "RANK" not in os.environ:
         return 0, 1, False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    if not dist.is_initialized():  # one process group serves every run of a --seeds / --sweep batch
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -181,6 +185,70 @@ def log_slices(writer, kept, step):
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        if args.seeds or args.sweep:
+            return run_many(args)
+        return train_run(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_many(args) -> int:
+    """Several runs in one command: each seed of --seeds, for each entry of --sweep.
+
+    Runs land in train.out_dir/NAME/[ENTRY/]seedS. Re-issuing the same command continues the batch:
+    a finished run (eval/per_case.csv) is kept, an interrupted one resumes from its last.pt; a
+    finished run whose saved config differs from the one asked for is an error, never reused.
+    """
+    if args.resume is not None:
+        raise ConfigError("--resume continues one run; re-issue the --seeds / --sweep command to continue a batch")
+    if args.sweep is not None:
+        sweep = load_sweep(args.sweep)
+        config_path, entries = sweep.config, sweep.runs
+        if args.config is not None and Path(args.config).resolve() != config_path:
+            raise ConfigError(f"{args.sweep} names its own config ({config_path}); drop --config")
+        batch = args.name or args.sweep.stem
+    else:
+        if args.config is None:
+            raise ConfigError("give --config FILE with --seeds")
+        config_path, entries = args.config, {"": []}
+        batch = args.name or Path(args.config).stem
+    seeds = args.seeds or [None]
+    plan = []
+    for entry, entry_sets in entries.items():
+        for seed in seeds:
+            sets = list(entry_sets) + list(args.set) + ([f"train.seed={seed}"] if seed is not None else [])
+            cfg = load_config(config_path, sets)
+            name = "/".join(part for part in (batch, entry, f"seed{seed}" if seed is not None else "") if part)
+            plan.append((name, sets, Path(cfg["train"]["out_dir"]) / name, cfg))
+    rank, _, distributed = setup_distributed()
+    done, todo = [], []
+    for name, sets, run_dir, cfg in plan:
+        if (run_dir / "config.yaml").is_file() and load_config(saved=yaml_load(run_dir / "config.yaml")) != cfg:
+            raise ConfigError(f"{run_dir} holds a run with another config; choose another --name")
+        if (run_dir / "eval" / "per_case.csv").is_file():
+            done.append(name)
+        else:
+            todo.append((name, sets, run_dir))
+    if distributed:
+        dist.barrier()  # every rank has seen the folders before rank 0 makes new ones
+    if rank == 0:
+        print(f"{len(plan)} runs in {batch}: {len(done)} finished, {len(todo)} to train"
+              + (f" (kept: {', '.join(done)})" if done else ""), flush=True)
+    for i, (name, sets, run_dir) in enumerate(todo, 1):
+        one = argparse.Namespace(**{**vars(args), "config": config_path, "set": sets, "name": name, "resume": None})
+        if (run_dir / "last.pt").is_file():
+            one.resume, one.set = run_dir, []
+        elif run_dir.exists():
+            raise ConfigError(f"{run_dir} exists without last.pt (stopped before its first checkpoint); remove it")
+        if rank == 0:
+            print(f"\n=== run {i}/{len(todo)}: {name}{' (resuming)' if one.resume else ''}", flush=True)
+        train_run(one)
+    return 0
+
+
+def train_run(args) -> int:
     rank, world, distributed = setup_distributed()
     is_main = rank == 0
     log = print if is_main else (lambda *a, **k: None)
@@ -413,7 +481,7 @@ def main(argv=None) -> int:
         log(f"\nrun folder: {run_dir} (TensorBoard: tensorboard --logdir {run_dir})")
         writer.close()
     if distributed:
-        dist.destroy_process_group()
+        dist.barrier()
     return 0
 
 

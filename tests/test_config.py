@@ -2,6 +2,9 @@
 import pytest
 
 from config import ConfigError, DEFAULTS, load_config
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_study_recipe():
@@ -45,3 +48,23 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="a config must be a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_the_study_weight_sweeps_resolve_to_the_five_alpha_beta_pairs():
+    from config import load_sweep
+    for attr in ("sex", "age"):
+        sweep = load_sweep(ROOT / "configs" / "sweeps" / f"fairmeta_weights_{attr}.yaml")
+        pairs = set()
+        for sets in sweep.runs.values():
+            cfg = load_config(sweep.config, sets)
+            assert cfg["fairness"]["method"] == "fairmeta" and cfg["fairness"]["attribute"] == attr
+            pairs.add((cfg["fairness"]["alpha"], cfg["fairness"]["beta"]))
+        assert pairs == {(1, 2), (1.5, 1), (1, 1), (1, 1.5), (2, 1)}
+
+
+def test_a_sweep_with_a_misspelled_key_fails_before_training(tmp_path):
+    from config import load_sweep
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"config: {ROOT / 'configs' / 'fairmeta_sex.yaml'}\nruns:\n  x: {{fairness.betta: 2}}\n")
+    with pytest.raises(ConfigError, match="run x: .*betta"):
+        load_sweep(bad)

@@ -74,3 +74,35 @@ def test_two_process_ddp_with_gloo(cohort):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stdout
     assert (cohort / "runs" / "ddp" / "last.pt").is_file()
+
+
+def test_seeds_run_one_folder_each_and_a_reissued_command_continues(cohort, capsys):
+    args = tiny_args(cohort, "multi", epochs=1) + ["--seeds", "0", "1"]
+    assert train.main(args) == 0
+    runs = cohort / "runs" / "multi"
+    for seed in (0, 1):
+        assert (runs / f"seed{seed}" / "eval" / "per_case.csv").is_file()
+        assert torch.load(runs / f"seed{seed}" / "last.pt", weights_only=False)["config"]["train"]["seed"] == seed
+    a = torch.load(runs / "seed0" / "last.pt", weights_only=False)["model"]
+    b = torch.load(runs / "seed1" / "last.pt", weights_only=False)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # seed1 "interrupted" after its checkpoint: the same command resumes it and keeps seed0
+    (runs / "seed1" / "eval" / "per_case.csv").unlink()
+    capsys.readouterr()
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in multi: 1 finished, 1 to train (kept: multi/seed0)" in out and "(resuming)" in out
+    # asking for another recipe under the same name is refused, never mixed in
+    with pytest.raises(ConfigError, match="holds a run with another config"):
+        train.main(args + ["--set", "optim.lr=0.5"])
+
+
+def test_sweep_runs_each_entry_over_its_config(cohort, tmp_path):
+    sweep = tmp_path / "lr.yaml"
+    sweep.write_text(f"config: {ROOT / 'configs' / 'baseline_nnunet.yaml'}\n"
+                     "runs:\n  slow: {optim.lr: 0.001}\n  fast: {optim.lr: 0.01}\n")
+    args = [a for a in tiny_args(cohort, "lr", epochs=1) if a != "--config" and not a.endswith("baseline_nnunet.yaml")]
+    assert train.main(args + ["--sweep", str(sweep)]) == 0
+    for entry, lr in (("slow", 0.001), ("fast", 0.01)):
+        ckpt = torch.load(cohort / "runs" / "lr" / entry / "last.pt", weights_only=False)
+        assert ckpt["config"]["optim"]["lr"] == lr
