@@ -6,6 +6,8 @@ Modules (each one job):
     tables     group_table: per-group n, mean Dice and excluded (NaN) counts, plus "all"
     summary    fairness_summary: SD, SER, ES-Dice, worst/best group and gap
     tails      CVaR of per-case Dice within groups and for the worst group (FairDRO reporting)
+    stats      bootstrap_audit (intervals of group Dice, SD, SER), group_difference_test (rank
+               tests), audit_figures + aggregate_seeds (mean ± std over seeds, SD/SER per seed)
 
 Usage:
     from fairness import kits_case_dice, group_table, fairness_summary, worst_group_cvar
@@ -13,11 +15,15 @@ Usage:
     table = group_table(per_case, group_col="sex", order=["male", "female"])
     summary = fairness_summary(table["mean"].drop("all").to_dict(), overall=table.loc["all", "mean"])
     worst_group_cvar(per_case, group_col="sex", metric="mean", alpha=0.2)
+    bootstrap_audit(per_case, group_col="sex", n_boot=2000, seed=0)["sd"]   # (lo, hi)
+    aggregate_seeds([audit_figures(audit_groups(pc, group_col="sex")) for pc in seeds])["ser"]
+    # (audit_groups from fairness.audit; one per_case frame per training seed)
 """
 from fairness.case_dice import dice, kits_case_dice
 from fairness.grouping import group_order
 from fairness.summary import fairness_summary
 from fairness.tables import group_table
+from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
 from fairness.tails import cvar, tail_size, within_group_cvar, worst_group_cvar
 
 __all__ = [
@@ -30,4 +36,8 @@ __all__ = [
     "tail_size",
     "within_group_cvar",
     "worst_group_cvar",
+    "bootstrap_audit",
+    "group_difference_test",
+    "audit_figures",
+    "aggregate_seeds",
 ]
