@@ -1,11 +1,31 @@
-"""Fairness audit of segmentations: per-case KiTS19 Dice, the study's group table, SD and SER.
+"""Fairness audit of segmentations: per-case KiTS19 Dice, the study's group tables, SD and SER.
 
+    # a trained model: predict its run's test split, write NIfTI in the original geometry, audit
+    python evaluate.py --ckpt runs/demo-X/best.pt --group sex age
+    python evaluate.py --ckpt runs/demo-X/best.pt --group sex,age --mirror        # intersection, TTA
+    python evaluate.py --ckpt runs/demo-X/last.pt --data other_cohort/ --group age   # another cohort
+    # several seeds of one recipe: mean ± std over seeds, SD and SER per seed then averaged
+    python evaluate.py --ckpt runs/resm_sex/seed*/best.pt --group sex
+    # methods side by side (the study's Tables 2-4) and the Dice-fairness trade-off
+    python evaluate.py --compare runs/baseline_nnunet runs/resm_sex runs/fairmeta_sex --group sex age
     # audit predictions made by any tool (nnU-Net, MONAI, ours) against a KiTS-layout folder
-    python evaluate.py --pred preds/ --gt ../shared/kits19 --group sex
-    python evaluate.py --pred preds/ --gt raw/demo --group age --out audit/   # writes per_case.csv
-    python evaluate.py --pred preds/ --gt raw/demo --group sex,age            # an intersection
+    python evaluate.py --pred preds/ --gt ../shared/kits19 --meta ../shared/kits19/kits.json --group age
     # the fairness numbers of published group Dice (e.g. SPEC Table 1: SD 2.35, SER 1.42)
     python evaluate.py --group-dice male=84.2 female=88.9
+
+--ckpt rebuilds the model from the checkpoint alone (its saved config), predicts each case with
+the sliding window on the preprocessed case, writes the labels back in the original geometry
+(eval/<ckpt>/predictions/CASE.nii.gz, with the original affine and header: they overlay on the CT
+in 3D Slicer or ITK-SNAP) and scores them there against the original label map. An interrupted
+evaluation continues where it stopped (predictions already written are scored, not redone).
+Outputs, per attribute: groups_<attr>.csv, summary_<attr>.csv, report_<attr>.md / .tex,
+box_<attr>.png, and TensorBoard scalars and figures in the same folder; results are never
+overwritten without --overwrite.
+
+Every table gives, per group, n and Dice kidney / tumor / mean with stratified bootstrap 95% CIs
+(cases resampled within groups, seeded: --n-boot, --seed), the worst-20% CVaR (--alpha), then SD
+and SER with CIs, a rank test of the groups' per-case Dice (Mann-Whitney U for two groups,
+Kruskal-Wallis for more), ES-Dice, the worst group and the best-worst gap.
 
 Predictions are label maps in the original geometry of the reference, named
 PRED/case_XXXXX.nii.gz (nnU-Net's naming) or PRED/case_XXXXX/segmentation.nii.gz. Dice is
@@ -72,16 +92,70 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     return pd.DataFrame(rows), attributes, failures
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise CaseError(str(path), "exists; pass --overwrite to replace it (or choose another --out)")
+def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=path.name != "per_case.csv")
+    write(tmp)
     os.replace(tmp, path)
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> None:
+    _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
+
+
+def open_out_dir(path: Path, overwrite: bool) -> Path:
+    """A results folder: refused when it holds finished results, unless --overwrite."""
+    if (path / "per_case.csv").exists() and not overwrite:
+        raise CaseError(str(path), "holds results (per_case.csv); pass --overwrite to replace them or choose "
+                        "another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args, *, title: str,
+                  writer=None) -> dict:
+    """Print and save the audit of every attribute; returns {attribute name: GroupReport}."""
+    from fairness.figures import group_boxplot
+    from fairness.report import display_frame, format_report, group_report, report_frames, summary_line, to_latex, \
+        to_markdown
+
+    reports = {}
+    for attribute in attributes:
+        rep = group_report(per_case, attribute.name, order=attribute.order, alpha=args.alpha,
+                           n_boot=args.n_boot, seed=args.seed)
+        reports[attribute.name] = rep
+        print(f"\n{title}, grouped by {attribute.name}:\n{format_report(rep)}")
+        if out_dir is None:
+            continue
+        groups, summary = report_frames(rep)
+        write_csv(groups, out_dir / f"groups_{attribute.name}.csv")
+        write_csv(summary, out_dir / f"summary_{attribute.name}.csv")
+        shown = display_frame(rep)
+        write_text(out_dir / f"report_{attribute.name}.md",
+                   f"**{title}, by {attribute.name}** (Dice %, 95% bootstrap CI)\n\n{to_markdown(shown)}\n"
+                   f"{summary_line(rep)}\n")
+        write_text(out_dir / f"report_{attribute.name}.tex",
+                   to_latex(shown, caption=f"{title}, by {attribute.name}. {summary_line(rep)}"))
+        fig = group_boxplot(per_case, attribute.name, order=list(rep.audit.table.index.drop("all")),
+                            title=f"{title}: Dice per case by {attribute.name}")
+        _atomic_write(out_dir / f"box_{attribute.name}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        if writer is not None:
+            s = rep.audit.summary
+            for key in ("sd", "ser", "es_dice", "worst", "gap"):
+                writer.add_scalar(f"eval/{attribute.name}/{key}", s[key], 0)
+            writer.add_scalar(f"eval/{attribute.name}/p_value", rep.test["p"], 0)
+            for group, row in rep.audit.table.iterrows():
+                writer.add_scalar(f"eval/{attribute.name}/mean_dice/{group}", row["mean"], 0)
+            writer.add_figure(f"eval/{attribute.name}/box", fig, 0)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return reports
+
+
 def cmd_audit(args) -> int:
-    from fairness.audit import audit_groups, format_audit
     if not args.pred.is_dir():
         raise CaseError(str(args.pred), "prediction folder not found")
     per_case, attributes, failures = score_predictions(
@@ -90,21 +164,265 @@ def cmd_audit(args) -> int:
     if per_case.empty:
         print(format_failures(failures), file=sys.stderr)
         raise CaseError(str(args.pred), "no case could be scored")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        _write_csv(per_case, args.out / "per_case.csv", args.overwrite)
-    for attribute in attributes:
-        audit = audit_groups(per_case, attribute.name, order=attribute.order, alpha=args.alpha)
-        print(format_audit(audit))
-        print()
-        if args.out is not None:
-            _write_csv(audit.table, args.out / f"groups_{attribute.name}.csv", args.overwrite)
-    print(f"scored {len(per_case)} case(s), {len(failures)} failed"
-          + (f"; tables in {args.out}" if args.out is not None else ""))
+    out = open_out_dir(args.out, args.overwrite) if args.out is not None else None
+    write_reports(per_case, attributes, out, args, title=f"predictions in {args.pred}")
+    if out is not None:
+        write_csv(per_case, out / "per_case.csv", index=False)  # last: it marks the folder finished
+    print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
     if failures:
         print(format_failures(failures), file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------- --ckpt
+def ckpt_out_dir(ckpt_path: Path, args, index: int, n: int) -> Path:
+    run_dir = ckpt_path.parent
+    name = ckpt_path.stem + (f"-{args.data.name}" if args.data is not None else "")
+    if args.split != "test" and args.data is None:
+        name += f"-{args.split}"
+    if args.out is None:
+        return run_dir / "eval" / name
+    return args.out if n == 1 else args.out / f"{index:02d}-{run_dir.name}-{name}"
+
+
+def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
+    """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from config import load_config
+    from data.groups import parse_attribute
+    from data.kits import scan_cohort
+    from data.labels import LabelScheme
+    from data.nifti import read_volume
+    from data.preprocessing import (PreprocessSettings, groups_from_table, load_cache_settings, load_case_table,
+                                    load_preprocessed, run_preprocessing)
+    from data.splits import load_split
+    from data.writeback import to_original_geometry, write_prediction
+    from fairness import kits_case_dice
+    from models.checkpoint import load_checkpoint, model_from_checkpoint
+    from models.inference import predict_case
+    from train import amp_settings, pick_device
+
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = load_config(saved=ckpt["config"])
+    model = model_from_checkpoint(ckpt, where=str(ckpt_path))
+    model.deep_supervision = False
+    device = pick_device(args.device, 0, False)
+    amp_dtype, _ = amp_settings(args.amp, device)
+    model.to(device).eval()
+    ev = cfg["eval"]
+    overlap = ev["overlap"] if args.overlap is None else args.overlap
+    mirror = ev["mirror"] if args.mirror is None else args.mirror
+    tile_batch = args.tile_batch or ev["tile_batch"]
+    settings = PreprocessSettings.from_dict(cfg["data"]["preprocess"])
+
+    if args.data is not None:  # another cohort, preprocessed the way the model was trained
+        raw, metadata = args.data, args.meta
+        cache = out_dir / "cache"
+        result = run_preprocessing(raw, cache, settings, metadata_path=metadata, progress=not args.no_progress)
+        if result.failures:
+            print(format_failures(result.failures), file=sys.stderr)
+        case_ids = load_case_table(cache).index.tolist()
+    else:
+        raw = Path(cfg["data"]["raw"]) if cfg["data"]["raw"] else None
+        metadata = cfg["data"]["metadata"]
+        cache = Path(cfg["data"]["cache"])
+        table = load_case_table(cache)
+        split = load_split(cache / "splits.json", known_cases=table.index.tolist())
+        case_ids = table.index.tolist() if args.split == "all" else split[args.split]
+    if load_cache_settings(cache) != settings:
+        raise CaseError(str(cache), f"was preprocessed with other settings than {ckpt_path} was trained on")
+    table = load_case_table(cache)
+    if args.cases:
+        unknown = [c for c in args.cases if c not in table.index]
+        if unknown:
+            raise CaseError(",".join(unknown), f"not in the cache {cache}")
+        case_ids = [c for c in case_ids if c in set(args.cases)] if args.data is None and args.split != "all" \
+            else list(args.cases)
+    if not case_ids:
+        raise CaseError(str(cache), f"no cases to evaluate (split {args.split!r} is empty)")
+    records = {}
+    if raw is not None and raw.is_dir():
+        records = {r.case_id: r for r in scan_cohort(raw, metadata_path=metadata, cases=case_ids).records}
+    if len(records) < len(case_ids):
+        print(f"note: {len(case_ids) - len(records)} case(s) have no original label map under {raw}: scored "
+              "in the preprocessed geometry and not written as NIfTI", file=sys.stderr)
+    scheme = LabelScheme.parse(settings.label_scheme)
+    attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
+    columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
+
+    pred_dir = out_dir / "predictions"
+    rows, failures, reused = [], [], 0
+    bar = tqdm(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", unit="case",
+               disable=args.no_progress)
+    for case_id in bar:
+        try:
+            record = records.get(case_id)
+            pred_file = pred_dir / f"{case_id}.nii.gz"
+            _, cached_seg, props = load_preprocessed(cache, case_id)
+            if record is not None:
+                ref = read_volume(record.label_path, where=case_id)
+                ref_labels = scheme.apply(ref.array, where=case_id)
+                if tuple(ref_labels.shape) != tuple(props["original_shape"]):
+                    raise CaseError(case_id, f"label map {ref_labels.shape} is not the shape the cache recorded "
+                                    f"{tuple(props['original_shape'])}: cache and raw folder disagree")
+                if pred_file.is_file():  # written atomically: a file that exists is complete
+                    labels = read_volume(pred_file, where=case_id).array.astype(np.uint8)
+                    reused += 1
+                else:
+                    image, _, _ = load_preprocessed(cache, case_id)
+                    probs = predict_case(model, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
+                                         mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
+                    labels = to_original_geometry(probs, props, anisotropy_threshold=settings.anisotropy_threshold)
+                    write_prediction(pred_file, labels, props, reference=ref)
+                dice = kits_case_dice(pred=labels, ref=ref_labels)
+                geometry = "original"
+            else:
+                image, _, _ = load_preprocessed(cache, case_id)
+                probs = predict_case(model, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
+                                     mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
+                dice = kits_case_dice(pred=probs.argmax(0).numpy().astype(np.uint8), ref=np.asarray(cached_seg))
+                geometry = "preprocessed"
+            rows.append({"case_id": case_id, **dice, "geometry": geometry,
+                         **{name: col[case_id] for name, col in columns.items()}})
+            bar.set_postfix_str(f"{case_id} mean Dice {dice['mean']:.3f}")
+        except CaseError as exc:
+            failures.append(exc)
+    if reused:
+        print(f"kept {reused} prediction(s) already in {pred_dir} (an earlier, interrupted evaluation)")
+    return pd.DataFrame(rows), attributes, failures
+
+
+def cmd_ckpt(args) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fairness.report import seed_summary_line, seed_table, to_latex, to_markdown
+
+    paths = [Path(p) for p in args.ckpt]
+    for path in paths:
+        if not path.is_file():
+            raise CaseError(str(path), "checkpoint not found")
+    all_reports, failed = [], 0
+    for i, path in enumerate(paths):
+        out_dir = open_out_dir(ckpt_out_dir(path, args, i, len(paths)), args.overwrite)
+        per_case, attributes, failures = evaluate_checkpoint(path, args, out_dir)
+        if per_case.empty:
+            print(format_failures(failures), file=sys.stderr)
+            raise CaseError(str(path), "no case could be scored")
+        writer = SummaryWriter(str(out_dir))
+        title = f"{path.parent.name}/{path.name}, {len(per_case)} cases"
+        all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer))
+        writer.close()
+        write_csv(per_case, out_dir / "per_case.csv", index=False)
+        print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
+        if failures:
+            print(format_failures(failures), file=sys.stderr)
+            failed += 1
+    if len(paths) > 1:
+        agg_dir = args.out if args.out is not None else \
+            Path(os.path.commonpath([p.parent.resolve() for p in paths])) / f"eval-{paths[0].stem}-seeds"
+        agg_dir = open_out_dir(agg_dir, args.overwrite) if args.out is None else agg_dir
+        for name in all_reports[0]:
+            table, agg = seed_table([r[name].audit for r in all_reports])
+            line = seed_summary_line(agg)
+            print(f"\n{len(paths)} checkpoints, grouped by {name} (Dice %, mean ± std over seeds):\n"
+                  f"{table.to_string()}\n{line}")
+            write_csv(pd.DataFrame(agg).T.rename_axis("figure"), agg_dir / f"seeds_{name}.csv")
+            write_text(agg_dir / f"seeds_{name}.md", to_markdown(table) + f"\n{line}\n")
+            write_text(agg_dir / f"seeds_{name}.tex", to_latex(table, caption=f"By {name}. {line}"))
+        write_text(agg_dir / "checkpoints.txt", "\n".join(str(p.resolve()) for p in paths) + "\n")
+        print(f"\nseed aggregate in {agg_dir}")
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- --compare
+def find_runs(folder: Path) -> list[Path]:
+    """A run folder (config.yaml + eval/), or the run folders under a --seeds / --sweep batch."""
+    if (folder / "config.yaml").is_file():
+        return [folder]
+    runs = sorted(p.parent for p in folder.glob("**/config.yaml") if (p.parent / "eval").is_dir())
+    if not runs:
+        raise CaseError(str(folder), "is not a run folder and holds no finished runs (config.yaml + eval/)")
+    return runs
+
+
+def run_per_case(run: Path, source: str) -> tuple[pd.DataFrame, str]:
+    """The run's test per-case Dice: evaluate.py's (original geometry) if there, else train.py's."""
+    names = {"auto": ["best", "last"], "train": []}.get(source, [source])
+    candidates = [(f"evaluate.py {n}", run / "eval" / n / "per_case.csv") for n in names]
+    if source in ("auto", "train"):
+        candidates.append(("train.py (preprocessed geometry)", run / "eval" / "per_case.csv"))
+    for label, path in candidates:
+        if path.is_file():
+            return pd.read_csv(path), label
+    raise CaseError(str(run), f"has no test results ({', '.join(str(p) for _, p in candidates)})")
+
+
+def cmd_compare(args) -> int:
+    from config import load_config
+    from data.groups import parse_attribute
+    from data.preprocessing import PreprocessSettings, groups_from_table, load_case_table
+    from fairness.audit import audit_groups
+    from fairness.figures import tradeoff_plot
+    from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
+
+    methods, sources = {}, {}
+    for folder in args.compare:
+        folder = Path(folder)
+        by_attr = {}
+        for run in find_runs(folder):
+            per_case, label = run_per_case(run, args.source)
+            sources.setdefault(label, []).append(str(run))
+            cfg = load_config(saved=_yaml(run / "config.yaml"))
+            settings = PreprocessSettings.from_dict(cfg["data"]["preprocess"])
+            for spec in args.group:
+                attribute = parse_attribute(spec, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges)
+                if attribute.name not in per_case.columns:  # e.g. an intersection not in the run's groups
+                    groups = groups_from_table(load_case_table(cfg["data"]["cache"]), spec, settings)
+                    per_case[attribute.name] = per_case["case_id"].map(groups)
+                by_attr.setdefault(attribute.name, []).append(
+                    audit_groups(per_case, attribute.name, order=attribute.order, alpha=args.alpha))
+        name = folder.name if folder.name not in methods else str(folder)
+        methods[name] = by_attr
+    if len(sources) > 1:
+        print("warning: runs were scored differently: " + "; ".join(f"{k}: {len(v)} run(s)" for k, v in sources.items())
+              + " (evaluate each with --ckpt for a like-for-like table)", file=sys.stderr)
+    table = compare_table(methods)
+    shown = compare_display(table)
+    out = args.out or Path(os.path.commonpath([Path(f).resolve() for f in args.compare])) / "compare"
+    if len(args.compare) == 1:
+        out = args.out or Path(args.compare[0]) / "compare"
+    if (out / "compare.csv").exists() and not args.overwrite:
+        raise CaseError(str(out), "holds a comparison (compare.csv); pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"\nmethods side by side (Dice % and SD in Dice %: mean ± std over seeds):\n{shown.to_string()}")
+    for attr in methods[next(iter(methods))]:
+        for figure in ("sd", "ser"):
+            front = pareto_front(table["mean"].tolist(), table[f"{figure}_{attr}"].tolist())
+            table[f"pareto_{figure}_{attr}"] = front
+        best = table["mean"].idxmax()
+        on_front = [m for m, f in table[f"pareto_sd_{attr}"].items() if f]
+        fairest = table.loc[on_front, f"sd_{attr}"].idxmin() if on_front else None
+        print(f"by {attr}: best mean Dice {best} ({table.loc[best, 'mean']:.1f}, SD {table.loc[best, f'sd_{attr}']:.2f}); "
+              f"Pareto front on Dice vs SD: {', '.join(on_front)}"
+              + (f"; fairest on it {fairest} (SD {table.loc[fairest, f'sd_{attr}']:.2f}, "
+                 f"Dice {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
+        fig = tradeoff_plot(table, attr)
+        _atomic_write(out / f"tradeoff_{attr}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    write_csv(table, out / "compare.csv")
+    write_text(out / "compare.md", to_markdown(shown))
+    write_text(out / "compare.tex", to_latex(shown, caption="Dice (%) and fairness, mean ± std over seeds"))
+    print(f"\ntables and figures in {out}")
+    return 0
+
+
+def _yaml(path: Path) -> dict:
+    from config import yaml_load
+    return yaml_load(path)
 
 
 def cmd_group_dice(args) -> int:
@@ -128,18 +446,40 @@ def cmd_group_dice(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", type=Path, help="folder of predicted label maps (original geometry)")
-    parser.add_argument("--gt", type=Path, help="KiTS-layout folder with the reference label maps and metadata")
-    parser.add_argument("--meta", type=Path, help="metadata JSON (default GT/kits.json)")
-    parser.add_argument("--cases", type=lambda t: [c for c in t.split(",") if c], help="only these case ids")
+    mode = parser.add_argument_group("what to audit (one of)")
+    mode.add_argument("--ckpt", nargs="+", metavar="PT", help="checkpoint(s) of train.py; several: mean ± std over them")
+    mode.add_argument("--compare", nargs="+", metavar="RUN", type=Path,
+                      help="run folders or --seeds/--sweep batch folders, one method each, side by side")
+    mode.add_argument("--pred", type=Path, help="folder of predicted label maps (original geometry), with --gt")
+    mode.add_argument("--group-dice", nargs="+", metavar="GROUP=DICE",
+                      help="summarise given group mean Dice (in %% or fractions) instead of scoring files")
     parser.add_argument("--group", nargs="+", default=["sex"],
-                        help="grouping attribute(s): sex, age, bmi, age:40,60, sex,age, any metadata field")
-    parser.add_argument("--label-scheme", default="kits19", help="label map of GT and predictions (kits19 default)")
-    parser.add_argument("--alpha", type=float, default=0.2, help="CVaR level: the worst fraction of a group")
-    parser.add_argument("--out", type=Path, help="write per_case.csv and groups_<attr>.csv here")
-    parser.add_argument("--overwrite", action="store_true", help="replace tables already in --out")
-    parser.add_argument("--group-dice", nargs="+", metavar="GROUP=DICE",
-                        help="summarise given group mean Dice (in %% or fractions) instead of scoring files")
+                        help="grouping attribute(s): sex, age, bmi, age:40,60, sex,age (intersection), any "
+                             "metadata field (default: sex)")
+    parser.add_argument("--gt", type=Path, help="with --pred: KiTS-layout folder of reference label maps + metadata")
+    parser.add_argument("--meta", type=Path, help="metadata JSON (default: the folder's kits.json)")
+    parser.add_argument("--cases", type=lambda t: [c for c in t.split(",") if c], help="only these case ids (a,b,c)")
+    ck = parser.add_argument_group("with --ckpt")
+    ck.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
+                    help="which cases of the run's cache (default: the test split)")
+    ck.add_argument("--data", type=Path, help="predict this KiTS-layout folder instead (preprocessed like the run)")
+    ck.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    ck.add_argument("--amp", default="auto", help="autocast on CUDA: auto, bf16, fp16, off")
+    ck.add_argument("--overlap", type=float, help="sliding-window overlap (default: the run's eval.overlap, 0.5)")
+    ck.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                    help="test-time mirroring over all 8 flips (default: the run's eval.mirror)")
+    ck.add_argument("--tile-batch", type=int, help="tiles per forward pass (default: the run's eval.tile_batch)")
+    cmp = parser.add_argument_group("with --compare")
+    cmp.add_argument("--source", default="auto",
+                     help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
+                          "train, or an eval/ subfolder name such as best")
+    st = parser.add_argument_group("statistics")
+    st.add_argument("--alpha", type=float, default=0.2, help="CVaR level: the worst fraction of a group (0.2)")
+    st.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
+    st.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
+    parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred (kits19 default)")
     parser.add_argument("--overall", type=float, help="with --group-dice: Dice over all cases, for ES-Dice")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -149,13 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    modes = [m for m in ("ckpt", "compare", "pred", "group_dice") if getattr(args, m)]
+    if len(modes) != 1:
+        parser.error("give exactly one of --ckpt, --compare, --pred (with --gt) or --group-dice")
     try:
         if args.group_dice:
             return cmd_group_dice(args)
-        if args.pred is None or args.gt is None:
-            parser.error("give --pred and --gt (or --group-dice)")
+        if args.ckpt:
+            return cmd_ckpt(args)
+        if args.compare:
+            return cmd_compare(args)
+        if args.gt is None:
+            parser.error("--pred needs --gt, the folder of reference label maps")
         return cmd_audit(args)
-    except (CaseError, ValueError) as exc:
+    except (CaseError, ValueError, KeyError) as exc:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)

@@ -211,8 +211,8 @@ def group_difference_test(
     t-test's normality would not hold. Two groups with values: Mann-Whitney U (scipy defaults);
     more: Kruskal-Wallis. Returns {"test", "statistic", "p", "groups" (those used, in table
     order), "note"}. Never raises on data: groups with no value are skipped and named in the
-    note; fewer than 2 usable groups or all values identical give test None, statistic and p
-    NaN, and a note.
+    note; fewer than 2 usable groups give test None, statistic and p NaN, and a note; all values
+    identical name the test that applies, with statistic and p NaN and a note.
     """
     _check_columns(per_case, [group_col, metric])
     labels = per_case[group_col]
@@ -231,6 +231,7 @@ def group_difference_test(
         notes.append(f"{len(samples)} group(s) with values: nothing to compare")
     elif np.unique(np.concatenate(list(samples.values()))).size == 1:
         # every rank ties; Kruskal-Wallis raises on this and Mann-Whitney's p would be arbitrary
+        result["test"] = "Mann-Whitney U" if len(samples) == 2 else "Kruskal-Wallis"
         notes.append("all values are identical: no test")
     else:
         two = len(samples) == 2

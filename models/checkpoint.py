@@ -54,10 +54,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict):
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint"):
+    """The network a checkpoint describes, with its weights; a clear ValueError if they disagree."""
     from models import build_model
     cfg = ckpt["config"]
-    model = build_model(cfg["model"], patch_size=cfg["train"]["patch_size"], in_channels=1,
-                        num_classes=ckpt.get("num_classes", 3))
-    model.load_state_dict(ckpt["model"])  # strict: another architecture fails here, by key
+    try:
+        model = build_model(cfg["model"], patch_size=cfg["train"]["patch_size"], in_channels=1,
+                            num_classes=ckpt.get("num_classes", 3))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{where}: its config does not build a model with this version of fairkits ({exc})") from None
+    try:
+        model.load_state_dict(ckpt["model"])  # strict: another architecture fails here, by key
+    except RuntimeError as exc:
+        first = [line.strip() for line in str(exc).splitlines() if line.strip()][1:2]
+        raise ValueError(f"{where}: weights do not fit the {cfg['model'].get('name')} its config describes "
+                         f"({'; '.join(first) or 'shape or key mismatch'}); never loading a different network") from None
     return model

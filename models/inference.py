@@ -56,42 +56,61 @@ def _forward(model, tiles: torch.Tensor, mirror: bool) -> torch.Tensor:
     return probs
 
 
+def _axis_weight_sums(size: int, patch: int, starts, sigma_scale: float = 1 / 8, device="cpu") -> torch.Tensor:
+    """Sum over the tiles of one axis of that axis' 1-D Gaussian factor (max 1), shifted to each start."""
+    x = torch.arange(patch, dtype=torch.float32, device=device) - (patch - 1) / 2
+    g = torch.exp(-0.5 * (x / max(patch * sigma_scale, 1e-3)) ** 2)
+    g = g / g.max()
+    total = torch.zeros(size, device=device)
+    for s in starts:
+        total[s:s + patch] += g
+    return total
+
+
 @torch.no_grad()
 def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool = False, tile_batch: int = 2,
                  device="cpu", amp_dtype=None) -> torch.Tensor:
     """Class probabilities (C, Z, Y, X), float32 on the CPU, for an image (Z, Y, X) or (1, Z, Y, X)."""
-    image = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: cached images are read-only memmaps
+    image = np.asarray(image, dtype=np.float32)
+    if not (image.flags.writeable and image.flags.c_contiguous):  # e.g. cached images: read-only memmaps
+        image = np.array(image, dtype=np.float32, order="C")  # (never written to: tiles are copies)
+    image = torch.from_numpy(image).to(device)  # the whole case moves once; tiles are cut on the device
     if image.dim() == 3:
         image = image[None]
     shape = image.shape[1:]
+    patch_size = tuple(int(p) for p in patch_size)
     pad = []
     for s, p in zip(reversed(shape), reversed(patch_size)):
         extra = max(0, p - s)
         pad += [extra // 2, extra - extra // 2]
-    padded = F.pad(image, pad)
-    full = padded.shape[1:]
+    padded = F.pad(image, pad) if any(pad) else image
+    full = tuple(padded.shape[1:])
     weight = gaussian_importance(patch_size, device=device)
-    starts = list(itertools.product(*(tile_starts(s, p, overlap) for s, p in zip(full, patch_size))))
+    axis_starts = [tile_starts(s, p, overlap) for s, p in zip(full, patch_size)]
+    starts = list(itertools.product(*axis_starts))
+    # The summed weights depend on the tiling alone, and the importance map is separable (the product of
+    # one 1-D Gaussian per axis, max 1; its clamp never acts: the smallest product is ~exp(-24) > 0), so
+    # they are the outer product of per-axis sums: one pass over the volume instead of one per tile
+    # (equal to the tile-by-tile sum up to float rounding, a few 1e-7 relative).
+    sums = [_axis_weight_sums(s, p, st, device=device) for s, p, st in zip(full, patch_size, axis_starts)]
     acc = None
-    norm = torch.zeros(full, device=device)
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(starts), tile_batch):
             chunk = starts[i:i + tile_batch]
             tiles = torch.stack([padded[:, z:z + patch_size[0], y:y + patch_size[1], x:x + patch_size[2]]
-                                 for z, y, x in chunk]).to(device)
+                                 for z, y, x in chunk])
             with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 probs = _forward(model, tiles, mirror)
             if acc is None:
-                acc = torch.zeros((probs.shape[1],) + tuple(full), device=device)
+                acc = torch.zeros((probs.shape[1],) + full, device=device)
+            probs *= weight  # the whole batch at once, in place
             for (z, y, x), p in zip(chunk, probs):
-                window = (slice(z, z + patch_size[0]), slice(y, y + patch_size[1]), slice(x, x + patch_size[2]))
-                acc[(slice(None),) + window] += p * weight
-                norm[window] += weight
+                acc[:, z:z + patch_size[0], y:y + patch_size[1], x:x + patch_size[2]] += p
     finally:
         model.train(was_training)
-    acc /= norm
+    acc /= sums[0][:, None, None] * sums[1][None, :, None] * sums[2][None, None, :]
     crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + shape[a]) for a in range(3))
     return acc[(slice(None),) + crop].cpu()
 

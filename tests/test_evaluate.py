@@ -37,7 +37,7 @@ def test_audit_matches_hand_computed_table(cohort_and_predictions, tmp_path, cap
     np.testing.assert_allclose(per_case["mean"], [1, 0.5, (900 / 990 + 1) / 2, 0])
     male, female = (1 + (900 / 990 + 1) / 2) / 2, 0.25
     sd, ser = abs(male - female) / 2, (1 - female) / (1 - male)
-    assert f"SD {100 * sd:.2f}   SER {ser:.2f}" in out   # SD 36.36, SER 33.00
+    assert f"SD {100 * sd:.2f} [" in out and f"SER {ser:.2f} [" in out   # SD 36.36, SER 33.00
     groups = pd.read_csv(tmp_path / "audit" / "groups_sex.csv", index_col=0)
     assert groups.loc["male", "mean"] == pytest.approx(male) and groups.loc["all", "n"] == 4
 
@@ -57,7 +57,7 @@ def test_existing_tables_are_not_overwritten(cohort_and_predictions, tmp_path, c
     args = ["--pred", str(preds), "--gt", str(gt), "--out", str(tmp_path / "audit"), "--no-progress"]
     assert evaluate.main(args) == 0
     assert evaluate.main(args) == 2
-    assert "per_case.csv: exists; pass --overwrite" in capsys.readouterr().err
+    assert "holds results (per_case.csv); pass --overwrite" in capsys.readouterr().err
     assert evaluate.main(args + ["--overwrite"]) == 0
 
 

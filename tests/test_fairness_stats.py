@@ -211,14 +211,14 @@ def test_kruskal_three_groups_equals_scipy(no_warnings):
     assert result["note"] == "group(s) ['[60,70)'] have no 'kidney' value and are left out"
 
 
-@pytest.mark.parametrize("sex, values, note", [
-    (["male", "male", "female"], [0.8, 0.9, NAN], "1 group(s) with values"),
-    (["male", "female", "female"], [0.8, 0.8, 0.8], "identical"),
-    ([], [], "0 group(s)"),
+@pytest.mark.parametrize("sex, values, note, test", [
+    (["male", "male", "female"], [0.8, 0.9, NAN], "1 group(s) with values", None),
+    (["male", "female", "female"], [0.8, 0.8, 0.8], "identical", "Mann-Whitney U"),
+    ([], [], "0 group(s)", None),
 ])
-def test_group_difference_degenerate_gives_nan_and_a_note(sex, values, note, no_warnings):
+def test_group_difference_degenerate_gives_nan_and_a_note(sex, values, note, test, no_warnings):
     result = group_difference_test(pd.DataFrame({"sex": sex, "mean": values}), "sex")
-    assert result["test"] is None
+    assert result["test"] == test
     assert math.isnan(result["p"]) and math.isnan(result["statistic"])
     assert note in result["note"]
 

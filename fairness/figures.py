@@ -1,0 +1,84 @@
+"""Figures of the audit (matplotlib, no display needed): per-group Dice box plots and the trade-off.
+
+    group_boxplot      per-case Dice of each group (kidney, tumor, mean panels), every case drawn
+                       as a dot over its box, n under each group, the group mean as a diamond
+    tradeoff_plot      one point per method: mean Dice against SD and against SER, error bars
+                       over seeds, the Pareto front joined and its methods ringed. The study's point
+                       is that the Dice-best model need not be on the fair side of the front.
+
+Usage:
+    fig = group_boxplot(per_case, "sex", order=["male", "female"]); fig.savefig("box_sex.png")
+    fig = tradeoff_plot(compare, "sex"); fig.savefig("tradeoff_sex.png")
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fairness.grouping import group_order
+from fairness.report import pareto_front
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: works on headless machines and inside DataLoader workers
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def group_boxplot(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
+                  title: str = ""):
+    plt = _pyplot()
+    groups = group_order(per_case[group_col], order=order)
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.6 * len(groups) * 1.5, 4), sharey=True)
+    rng = np.random.default_rng(0)  # dot jitter only; fixed so the picture is reproducible
+    for ax, metric in zip(axes, ("kidney", "tumor", "mean")):
+        data = [100 * per_case.loc[per_case[group_col] == g, metric].dropna().to_numpy() for g in groups]
+        positions = np.arange(1, len(groups) + 1)
+        ax.boxplot([d if len(d) else [np.nan] for d in data], positions=positions, widths=0.55,
+                   showfliers=False, medianprops={"color": "black"})
+        for pos, values in zip(positions, data):
+            ax.scatter(pos + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.6, zorder=3)
+            if len(values):
+                ax.scatter([pos], [values.mean()], marker="D", color="crimson", s=28, zorder=4)
+        ax.set_xticks(positions, [f"{g}\nn={len(d)}" for g, d in zip(groups, data)])
+        ax.set_title(metric)
+        ax.set_ylim(-2, 102)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("Dice per case (%)")
+    fig.suptitle(title or f"Dice per case by {group_col} (diamond: group mean)")
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = ""):
+    """compare: fairness.report.compare_table (Dice and SD in %, SER unitless, *_std over seeds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    dice, dice_std = compare["mean"].to_numpy(float), compare["mean_std"].to_numpy(float)
+    best = int(np.nanargmax(dice)) if np.isfinite(dice).any() else None
+    for ax, figure, label in ((axes[0], f"sd_{attribute}", f"SD of group mean Dice by {attribute} (Dice %)"),
+                              (axes[1], f"ser_{attribute}", f"SER by {attribute}")):
+        unfair, unfair_std = compare[figure].to_numpy(float), compare[f"{figure}_std"].to_numpy(float)
+        front = pareto_front(dice, unfair)
+        ax.errorbar(unfair, dice, xerr=np.nan_to_num(unfair_std), yerr=np.nan_to_num(dice_std), fmt="o",
+                    color="tab:blue", ecolor="lightgray", capsize=3, zorder=2)
+        on = [i for i, f in enumerate(front) if f]
+        on.sort(key=lambda i: unfair[i])
+        if on:
+            ax.plot(unfair[on], dice[on], "--", color="tab:green", zorder=1, label="Pareto front")
+            ax.scatter(unfair[on], dice[on], s=160, facecolors="none", edgecolors="tab:green", zorder=3)
+        if best is not None:
+            ax.scatter([unfair[best]], [dice[best]], marker="*", s=200, color="tab:orange", zorder=4,
+                       label="best mean Dice")
+        for i, name in enumerate(compare.index):
+            ax.annotate(str(name), (unfair[i], dice[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.set_xlabel(f"{label}  (fairer ←)")
+        ax.set_ylabel("mean Dice (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title or f"Accuracy against fairness by {attribute} (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,257 @@
+"""The study's tables for one model, several seeds, or several methods: text, CSV, Markdown, LaTeX.
+
+Built on the one audit (fairness.audit), the one bootstrap and rank test (fairness.stats) and the
+one seed aggregation; this module only arranges and writes them.
+
+    GroupReport      one attribute of one model: Audit + bootstrap intervals + group test
+    group_report     make one from per-case Dice
+    format_report    the printed table: per group n, kidney / tumor / mean Dice [95% CI], CVaR,
+                     then SD and SER [CI], the test's p, ES-Dice, worst group and gap
+    report_frames    the same as two DataFrames (groups, summary) in fractions, for CSV
+    seed_table       several seeds of one model: mean ± std over seeds of every figure
+    compare_table    several methods side by side (the study's Tables 2-4)
+    pareto_front     which methods no other beats on both Dice and a fairness figure
+    to_markdown / to_latex   plain writers (no tabulate or jinja2 needed)
+
+Usage:
+    rep = group_report(per_case, "sex", order=["male", "female"], n_boot=2000, seed=0)
+    print(format_report(rep))
+    groups, summary = report_frames(rep)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from fairness.audit import METRICS, Audit, audit_groups
+from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
+from fairness.tables import ALL_ROW
+
+
+@dataclass
+class GroupReport:
+    audit: Audit
+    boot: dict          # fairness.stats.bootstrap_audit
+    test: dict          # fairness.stats.group_difference_test on per-case mean Dice
+
+    @property
+    def attribute(self) -> str:
+        return self.audit.group_col
+
+
+def group_report(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
+                 alpha: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> GroupReport:
+    audit = audit_groups(per_case, group_col, order=order, alpha=alpha)
+    order = [g for g in audit.table.index if g != ALL_ROW]
+    boot = bootstrap_audit(per_case, group_col, order=order, n_boot=n_boot, seed=seed, level=level)
+    test = group_difference_test(per_case, group_col, metric="mean", order=order)
+    return GroupReport(audit=audit, boot=boot, test=test)
+
+
+def _pct(value, width: int = 5) -> str:
+    return f"{100 * value:{width}.1f}" if pd.notna(value) and math.isfinite(value) else f"{'-':>{width}}"
+
+
+def _interval(lo, hi, scale: float = 100, digits: int = 1) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return ""
+    fmt = lambda v: "inf" if math.isinf(v) else f"{scale * v:.{digits}f}"  # noqa: E731
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def format_p(p) -> str:
+    if pd.isna(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_report(rep: GroupReport) -> str:
+    """Dice in %, SD in Dice %, SER unitless; intervals are the bootstrap's percentile ones."""
+    a, b = rep.audit, rep.boot
+    level = int(round(100 * b["level"]))
+    cvar_name = f"CVaR{int(round(a.alpha * 100))}"
+    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:>6}"]
+    for group, row in a.table.iterrows():
+        cells = []
+        for metric in METRICS:
+            lo, hi = b["groups"].loc[group, f"{metric}_lo"], b["groups"].loc[group, f"{metric}_hi"]
+            cells.append(f"{_pct(row[metric])} {_interval(lo, hi):<15}")
+        tail = a.cvar.get(group, math.nan) if group != ALL_ROW else math.nan
+        lines.append(f"{str(group):<14} {int(row['n']):>4}  {' '.join(cells)} {_pct(tail, 6)}")
+    s = a.summary
+    test = rep.test
+    test_name = test["test"] or "group test"
+    test_text = (f"{test_name} p = {format_p(test['p'])}" if pd.notna(test["p"])
+                 else f"{test_name}: {test['note'] or 'not applicable'}")
+    lines.append(f"SD {100 * s['sd']:.2f} {_interval(*b['sd'], digits=2)}   "
+                 f"SER {s['ser']:.2f} {_interval(*b['ser'], scale=1, digits=2)}   {test_text}")
+    lines.append(f"ES-Dice {_pct(s['es_dice'], 0)}   worst {s['worst_group']} {_pct(s['worst'], 0)}   "
+                 f"gap {_pct(s['gap'], 0)}   ({level}% bootstrap CIs, {b['n_boot']} resamples within groups, "
+                 f"seed {b['seed']})")
+    missing = [str(g) for g, row in a.table.drop(index=ALL_ROW).iterrows() if pd.isna(row["mean"])]
+    if missing:
+        lines.append(f"(no scored cases in {', '.join(missing)}: SD, SER and ES-Dice are over the "
+                     f"{s['n_groups']} group(s) present)")
+    excluded = int(a.table.loc[ALL_ROW, "n_excluded_tumor"])
+    if excluded:
+        lines.append(f"({excluded} case(s) with no tumor in reference or prediction: tumor Dice excluded)")
+    return "\n".join(lines)
+
+
+def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(groups, summary): per group n, Dice and interval per metric, CVaR; SD/SER/... with intervals."""
+    a, b = rep.audit, rep.boot
+    groups = a.table.copy()
+    groups = groups.join(b["groups"])
+    groups[f"cvar{int(round(a.alpha * 100))}"] = [a.cvar.get(g, math.nan) for g in groups.index]
+    groups.index.name = a.group_col
+    s = a.summary
+    rows = [("sd", s["sd"], *b["sd"]), ("ser", s["ser"], *b["ser"]), ("es_dice", s["es_dice"], math.nan, math.nan),
+            ("worst", s["worst"], math.nan, math.nan), ("gap", s["gap"], math.nan, math.nan),
+            ("p_" + (rep.test["test"] or "test").lower().replace(" ", "_").replace("-", "_"), rep.test["p"],
+             math.nan, math.nan)]
+    summary = pd.DataFrame(rows, columns=["figure", "value", "lo", "hi"]).set_index("figure")
+    summary.attrs["worst_group"] = s["worst_group"]
+    return groups, summary
+
+
+def display_frame(rep: GroupReport) -> pd.DataFrame:
+    """The printed table as strings (Dice % [CI]), for Markdown and LaTeX."""
+    groups, summary = report_frames(rep)
+    out = pd.DataFrame(index=[str(g) for g in groups.index])
+    out["n"] = [str(int(n)) for n in groups["n"]]
+    for metric in METRICS:
+        out[metric] = [f"{_pct(v).strip()} {_interval(lo, hi)}".strip()
+                       for v, lo, hi in zip(groups[metric], groups[f"{metric}_lo"], groups[f"{metric}_hi"])]
+    cvar_col = [c for c in groups.columns if c.startswith("cvar")][0]
+    out[cvar_col.upper().replace("CVAR", "CVaR")] = [_pct(v).strip() for v in groups[cvar_col]]
+    out.index.name = rep.attribute
+    return out
+
+
+def summary_line(rep: GroupReport) -> str:
+    s, b, t = rep.audit.summary, rep.boot, rep.test
+    return (f"SD {100 * s['sd']:.2f} {_interval(*b['sd'], digits=2)}; SER {s['ser']:.2f} "
+            f"{_interval(*b['ser'], scale=1, digits=2)}; {t['test'] or 'group test'} p = {format_p(t['p'])}; "
+            f"ES-Dice {_pct(s['es_dice'], 0)}; worst {s['worst_group']} {_pct(s['worst'], 0)}")
+
+
+# --- several seeds of one model ----------------------------------------------------------------
+
+def seed_table(audits: Sequence[Audit]) -> tuple[pd.DataFrame, dict]:
+    """Mean ± std over seeds (ddof 1) of every group's Dice and of SD/SER computed per seed.
+
+    Returns (table of strings, aggregate dict from fairness.stats.aggregate_seeds).
+    """
+    agg = aggregate_seeds([audit_figures(a) for a in audits])
+    groups = list(audits[0].table.index)
+    rows = {}
+    for group in groups:
+        row = {"n": _mean_std_text(agg.get(f"n/{group}"), scale=1, digits=0)}
+        for metric in METRICS:
+            row[metric] = _mean_std_text(agg.get(f"{metric}/{group}"))
+        rows[str(group)] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = audits[0].group_col
+    return table, agg
+
+
+def _mean_std_text(entry, scale: float = 100, digits: int = 1) -> str:
+    if not entry or entry["n"] == 0 or pd.isna(entry["mean"]):
+        return "-"
+    std = "" if pd.isna(entry["std"]) else f" ± {scale * entry['std']:.{digits}f}"
+    return f"{scale * entry['mean']:.{digits}f}{std}"
+
+
+def seed_summary_line(agg: dict) -> str:
+    return (f"SD {_mean_std_text(agg.get('sd'), digits=2)}   SER {_mean_std_text(agg.get('ser'), scale=1, digits=2)}   "
+            f"ES-Dice {_mean_std_text(agg.get('es_dice'))}   worst {_mean_std_text(agg.get('worst'))}   "
+            f"(mean ± std over {agg['sd']['n']} seeds; SD and SER per seed, then averaged)")
+
+
+# --- several methods ---------------------------------------------------------------------------
+
+def compare_table(methods: dict[str, dict[str, list[Audit]]]) -> pd.DataFrame:
+    """methods: name -> {attribute: [Audit per seed]}. One numeric row per method:
+    kidney/tumor/mean (from the first attribute's "all" row) and SD/SER per attribute, each with
+    _std over seeds, plus the number of seeds. Dice and SD in %, SER unitless."""
+    rows = {}
+    for name, by_attr in methods.items():
+        row = {}
+        for i, (attr, audits) in enumerate(by_attr.items()):
+            agg = aggregate_seeds([audit_figures(a) for a in audits])
+            if i == 0:
+                row["seeds"] = len(audits)
+                for metric in METRICS:
+                    row[metric], row[f"{metric}_std"] = _scaled(agg[f"{metric}/{ALL_ROW}"], 100)
+            row[f"sd_{attr}"], row[f"sd_{attr}_std"] = _scaled(agg["sd"], 100)
+            row[f"ser_{attr}"], row[f"ser_{attr}_std"] = _scaled(agg["ser"], 1)
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
+
+
+def _scaled(entry: dict, scale: float) -> tuple[float, float]:
+    return scale * entry["mean"], scale * entry["std"]
+
+
+def compare_display(table: pd.DataFrame) -> pd.DataFrame:
+    """mean ± std strings, the study's layout."""
+    out = pd.DataFrame(index=table.index)
+    out["seeds"] = table["seeds"].astype(int).astype(str)
+    for col in [c for c in table.columns if not c.endswith("_std") and c != "seeds"]:
+        digits = 1 if col in METRICS else 2
+        out[col.replace("_", " ").upper() if not col in METRICS else col] = [
+            "-" if pd.isna(m) else (f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}"))
+            for m, s in zip(table[col], table[f"{col}_std"])]
+    return out
+
+
+def pareto_front(dice: Sequence[float], unfairness: Sequence[float]) -> list[bool]:
+    """True for each point that no other point beats: Dice at least as high and unfairness at
+    least as low, one of them strictly. NaN points are never on the front."""
+    flags = []
+    for i, (d, u) in enumerate(zip(dice, unfairness)):
+        if pd.isna(d) or pd.isna(u):
+            flags.append(False)
+            continue
+        dominated = any(j != i and not (pd.isna(d2) or pd.isna(u2)) and d2 >= d and u2 <= u and (d2 > d or u2 < u)
+                        for j, (d2, u2) in enumerate(zip(dice, unfairness)))
+        flags.append(not dominated)
+    return flags
+
+
+# --- writers -----------------------------------------------------------------------------------
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    cols = [frame.index.name or ""] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for idx, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text) -> str:
+    text = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return text.replace("±", r"$\pm$").replace(">=", r"$\geq$").replace("<", r"$<$")
+
+
+def to_latex(frame: pd.DataFrame, caption: str = "") -> str:
+    cols = [frame.index.name or ""] + [str(c) for c in frame.columns]
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if caption:
+        lines.append(r"\caption{" + latex_escape(caption) + "}")
+    lines += [r"\begin{tabular}{l" + "r" * len(frame.columns) + "}", r"\hline",
+              " & ".join(latex_escape(c) for c in cols) + r" \\", r"\hline"]
+    for idx, row in frame.iterrows():
+        lines.append(" & ".join(latex_escape(v) for v in [idx, *row]) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

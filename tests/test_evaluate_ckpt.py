@@ -1,0 +1,106 @@
+"""evaluate.py --ckpt / --compare end to end on a tiny trained model: files, geometry, agreement."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import evaluate
+import train
+from tests.kits_fixtures import write_tiny_cohort
+from tests.test_training import tiny_args
+
+SPACING = (4.0, 1.2, 1.2)  # not the target spacing: predictions really go back through the resampler
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalckpt")
+    write_tiny_cohort(root / "raw", n_cases=8, shape=(16, 48, 48), spacing=SPACING)
+    assert train.main(tiny_args(root, "pair", epochs=1, extra=["data.test=4"]) + ["--seeds", "0", "1"]) == 0
+    return root
+
+
+def test_ckpt_predicts_the_test_split_in_the_original_geometry(runs, capsys):
+    run = runs / "runs" / "pair" / "seed0"
+    assert evaluate.main(["--ckpt", str(run / "last.pt"), "--group", "sex", "age", "--n-boot", "200",
+                          "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ev = run / "eval" / "last"
+    per_case = pd.read_csv(ev / "per_case.csv")
+    test_ids = pd.read_json(runs / "cache" / "splits.json", typ="series")["test"]
+    assert sorted(per_case["case_id"]) == sorted(test_ids) and (per_case["geometry"] == "original").all()
+    for case_id in per_case["case_id"]:
+        pred = nib.load(str(ev / "predictions" / f"{case_id}.nii.gz"))
+        ref = nib.load(str(runs / "raw" / case_id / "segmentation.nii.gz"))
+        assert pred.shape == ref.shape and np.array_equal(pred.affine, ref.affine)
+    for attr in ("sex", "age"):
+        groups = pd.read_csv(ev / f"groups_{attr}.csv", index_col=0).dropna(subset=["mean"])
+        assert {"n", "mean", "mean_lo", "mean_hi", "cvar20"} <= set(groups.columns)
+        assert (groups["mean_lo"] <= groups["mean"] + 1e-12).all() and (groups["mean"] <= groups["mean_hi"] + 1e-12).all()
+        summary = pd.read_csv(ev / f"summary_{attr}.csv", index_col=0)
+        assert {"sd", "ser", "es_dice"} <= set(summary.index)
+        for suffix in ("md", "tex", "png"):
+            assert (ev / f"{'box' if suffix == 'png' else 'report'}_{attr}.{suffix}").stat().st_size > 0
+    assert "Mann-Whitney U" in out and "Kruskal-Wallis" in out and "95% bootstrap CIs" in out
+    assert any(p.name.startswith("events.out.tfevents") for p in ev.iterdir())
+
+
+def test_external_audit_of_the_same_predictions_gives_the_same_numbers(runs, tmp_path, capsys):
+    run = runs / "runs" / "pair" / "seed0"
+    if not (run / "eval" / "last" / "per_case.csv").is_file():
+        evaluate.main(["--ckpt", str(run / "last.pt"), "--n-boot", "50", "--no-progress"])
+    test_ids = pd.read_csv(run / "eval" / "last" / "per_case.csv")["case_id"]
+    assert evaluate.main(["--pred", str(run / "eval" / "last" / "predictions"), "--gt", str(runs / "raw"),
+                          "--cases", ",".join(test_ids), "--group", "sex", "--out", str(tmp_path / "ext"), "--n-boot", "50", "--no-progress"]) == 0
+    a = pd.read_csv(run / "eval" / "last" / "per_case.csv").set_index("case_id").sort_index()
+    b = pd.read_csv(tmp_path / "ext" / "per_case.csv").set_index("case_id").sort_index()
+    pd.testing.assert_frame_equal(a[["kidney", "tumor", "mean", "sex"]], b[["kidney", "tumor", "mean", "sex"]])
+
+
+def test_results_are_kept_and_an_interrupted_evaluation_continues(runs, capsys):
+    run = runs / "runs" / "pair" / "seed1"
+    args = ["--ckpt", str(run / "last.pt"), "--n-boot", "50", "--no-progress"]
+    assert evaluate.main(args) == 0
+    first = pd.read_csv(run / "eval" / "last" / "per_case.csv")
+    assert evaluate.main(args) == 2
+    assert "holds results (per_case.csv); pass --overwrite" in capsys.readouterr().err
+    (run / "eval" / "last" / "per_case.csv").unlink()  # as if killed before the end
+    assert evaluate.main(args) == 0
+    assert f"kept {len(first)} prediction(s)" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first, pd.read_csv(run / "eval" / "last" / "per_case.csv"))
+
+
+def test_several_seeds_are_aggregated_per_seed_then_averaged(runs, tmp_path, capsys):
+    ckpts = [str(runs / "runs" / "pair" / f"seed{s}" / "last.pt") for s in (0, 1)]
+    assert evaluate.main(["--ckpt", *ckpts, "--group", "sex", "--out", str(tmp_path / "agg"), "--n-boot", "50",
+                          "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    agg = pd.read_csv(tmp_path / "agg" / "seeds_sex.csv", index_col=0)
+    sds = [pd.read_csv(tmp_path / "agg" / d / "summary_sex.csv", index_col=0).loc["sd", "value"]
+           for d in sorted(p.name for p in (tmp_path / "agg").iterdir() if p.is_dir())]
+    assert len(sds) == 2
+    assert agg.loc["sd", "mean"] == pytest.approx(np.mean(sds)) and agg.loc["sd", "std"] == pytest.approx(np.std(sds, ddof=1))
+    assert agg.loc["sd", "n"] == 2 and "mean ± std over 2 seeds" in out
+
+
+def test_compare_puts_methods_side_by_side_with_the_pareto_front(runs, tmp_path, capsys):
+    assert evaluate.main(["--compare", str(runs / "runs" / "pair"), str(runs / "runs" / "pair" / "seed0"),
+                          "--group", "sex", "--out", str(tmp_path / "cmp"), "--source", "train"]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv", index_col=0)
+    assert list(table.index) == ["pair", "seed0"] and list(table["seeds"]) == [2, 1]
+    assert table["pareto_sd_sex"].any()
+    seed0 = pd.read_csv(runs / "runs" / "pair" / "seed0" / "eval" / "per_case.csv")
+    assert table.loc["seed0", "mean"] == pytest.approx(100 * seed0["mean"].mean())
+    assert (tmp_path / "cmp" / "tradeoff_sex.png").stat().st_size > 0
+    assert "| method |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert r"\begin{tabular}" in (tmp_path / "cmp" / "compare.tex").read_text()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(runs, tmp_path, capsys):
+    ckpt = torch.load(runs / "runs" / "pair" / "seed0" / "last.pt", weights_only=False)
+    ckpt["config"]["model"]["max_features"] = 32
+    torch.save(ckpt, tmp_path / "odd.pt")
+    assert evaluate.main(["--ckpt", str(tmp_path / "odd.pt"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "odd.pt: weights do not fit the nnunet its config describes" in err and len(err.strip().splitlines()) == 1
