@@ -232,6 +232,9 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
         table = load_case_table(cache)
         split = load_split(cache / "splits.json", known_cases=table.index.tolist())
         case_ids = table.index.tolist() if args.split == "all" else split[args.split]
+        if args.split == "test" and not split["val"] and ckpt_path.stem == "best":
+            print(f"warning: {ckpt_path} was chosen on these test cases (the run had no validation split): its "
+                  "test figures are optimistic; last.pt is the unbiased one", file=sys.stderr)
     if load_cache_settings(cache) != settings:
         raise CaseError(str(cache), f"was preprocessed with other settings than {ckpt_path} was trained on")
     table = load_case_table(cache)
