@@ -67,10 +67,13 @@ class Encoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             previous = feat
         self.stages = nn.ModuleList(stages)
+        self.moe = nn.ModuleDict()  # stage index -> models.moe.DMoE after that stage (FairDRO)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
         skips = []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             x = stage(x)
+            if str(i) in self.moe:
+                x = self.moe[str(i)](x, groups)
             skips.append(x)
         return skips

@@ -39,8 +39,18 @@ class SegmentationNetwork(nn.Module):
     def deep_supervision(self, on: bool) -> None:
         self.decoder.deep_supervision = bool(on)
 
-    def forward(self, x: torch.Tensor):
-        outputs = self.decoder(self.encoder(x))
+    @property
+    def routes_by_group(self) -> bool:
+        """True when a dMoE layer needs each sample's group: call net(x, groups=...)."""
+        return any(m.router_kind == "group" for m in self.encoder.moe.values())
+
+    def moe_aux_loss(self) -> torch.Tensor:
+        """Sum of the dMoE layers' load-balancing losses from the last forward (0 without dMoE)."""
+        losses = [m.aux_loss for m in self.encoder.moe.values()]
+        return sum(losses) if losses else torch.zeros(())
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None):
+        outputs = self.decoder(self.encoder(x, groups))
         return outputs if self.deep_supervision else outputs[0]
 
 
