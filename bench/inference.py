@@ -182,7 +182,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import numpy as np
     import torch
     try:
         import monai
@@ -197,6 +196,8 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
+    if cuda and device.index is None:  # torch.cuda.set_device refuses a device without an index
+        device = torch.device("cuda", torch.cuda.current_device())
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[args.amp]
     if args.amp == "fp16" and not cuda:
         raise SystemExit("error: --amp fp16 needs CUDA (on CPU use --amp bf16 or off)")
@@ -273,9 +274,11 @@ def main(argv=None) -> int:
                 return torch.as_tensor(out)[0].cpu()
         return run
 
-    # Warm-up (untimed): one tile batch through the model, so that neither side pays the first call.
+    # Warm-up (untimed): a tile batch of each size the runs use (the last one may be smaller) through the
+    # model, so that neither side pays the first call (oneDNN primitives, cuDNN benchmarking).
     with torch.no_grad():
-        make_predictor(model)(torch.zeros((min(args.tile_batch, n_tiles), 1) + patch, device=device))
+        for b in sorted({min(args.tile_batch, n_tiles), n_tiles % args.tile_batch} - {0}):
+            make_predictor(model)(torch.zeros((b, 1) + patch, device=device))
 
     print(f"timing: {args.repeats} runs per side, interleaved (ours, MONAI, MONAI, ours, ...), best reported",
           flush=True)

@@ -323,6 +323,8 @@ def main(argv=None) -> int:
     threads = max(1, args.threads)
     torch.set_num_threads(threads)
     if cuda:
+        if device.index is None:  # torch.cuda.set_device refuses a device without an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
