@@ -76,12 +76,15 @@ DEFAULTS = {
     },
     "fairness": {
         "attribute": "sex",             # the group attribute mitigations act on (resm, stratified, fairmeta)
-        "method": "none",               # none | fairmeta (in-processing; samplers are set in `sampler`)
+        "method": "none",               # none | fairmeta | dro (in-processing; samplers are set in `sampler`)
         "alpha": 1.0,                   # fairmeta: alpha * L_seg + beta * L_cls
         "beta": 2.0,
         "input": "softmax+image",       # fairmeta classifier input: softmax+image | image
         "adversarial": False,           # fairmeta: reverse the gradient reaching the segmenter
         "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
+        # dro (FairDRO's loss, fairness/dro.py): CVaR at level alpha inside each group over the
+        # batch plus the last `history` losses of the group, group weights q_g *= exp(eta * L_g)
+        "dro": {"alpha": 0.2, "eta": 0.01, "history": 32},
     },
 }
 OPEN_SECTIONS = {"model"}

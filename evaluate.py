@@ -203,6 +203,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     from fairness import kits_case_dice
     from models.checkpoint import load_checkpoint, model_from_checkpoint
     from models.inference import predict_case
+    from models.routing import WithGroup, resolve_routing
     from train import amp_settings, pick_device
 
     ckpt = load_checkpoint(ckpt_path)
@@ -252,6 +253,9 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if len(records) < len(case_ids):
         print(f"note: {len(case_ids) - len(records)} case(s) have no original label map under {raw}: scored "
               "in the preprocessed geometry and not written as NIfTI", file=sys.stderr)
+    # a dMoE model routes each case by its group, mapped exactly as in training (stored in the checkpoint)
+    _, routing = resolve_routing(ckpt.get("model_config", cfg["model"]), default_attribute=cfg["fairness"]["attribute"],
+                                 table=table, settings=settings)
     scheme = LabelScheme.parse(settings.label_scheme)
     attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
@@ -263,6 +267,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     for case_id in bar:
         try:
             record = records.get(case_id)
+            net = WithGroup(model, routing[case_id]) if routing is not None else model
             pred_file = pred_dir / f"{case_id}.nii.gz"
             _, cached_seg, props = load_preprocessed(cache, case_id)
             if record is not None:
@@ -276,7 +281,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
                     reused += 1
                 else:
                     image, _, _ = load_preprocessed(cache, case_id)
-                    probs = predict_case(model, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
+                    probs = predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
                                          mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
                     labels = to_original_geometry(probs, props, anisotropy_threshold=settings.anisotropy_threshold)
                     write_prediction(pred_file, labels, props, reference=ref)
@@ -284,7 +289,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
                 geometry = "original"
             else:
                 image, _, _ = load_preprocessed(cache, case_id)
-                probs = predict_case(model, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
+                probs = predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
                                      mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
                 dice = kits_case_dice(pred=probs.argmax(0).numpy().astype(np.uint8), ref=np.asarray(cached_seg))
                 geometry = "preprocessed"

@@ -33,16 +33,18 @@ from data.prepare import prepare_data
 from data.preprocessing import groups_from_table, load_cache_settings, load_case_table
 from data.samplers import build_sampler
 from fairness.audit import audit_groups, format_audit
+from fairness.dro import GroupDRO
 from fairness.meta import FairMetaBranch
 from models import build_model
 from models.checkpoint import git_commit, load_checkpoint, save_checkpoint
 from models.inference import score_cached_cases
+from models.routing import WithGroup, resolve_routing
 from models.losses import DeepSupervisionLoss, DiceCELoss
 
 LOSSES = {"dice_ce": DiceCELoss}
 OPTIMIZERS = {"sgd", "adamw"}
 SCHEDULES = {"constant", "poly"}
-FAIRNESS_METHODS = {"none", "fairmeta"}
+FAIRNESS_METHODS = {"none", "fairmeta", "dro"}
 
 
 def parse_args(argv=None):
@@ -140,15 +142,21 @@ def unwrap(model):
 
 
 # ----------------------------------------------------------------------------- validation
-def validate(model, cache, case_ids, groups_by_attr, cfg, device, amp_dtype, keep=0):
+def validate(model, cache, case_ids, groups_by_attr, cfg, device, amp_dtype, keep=0, routing=None):
     net = unwrap(model)
     ds_was = net.deep_supervision
     net.deep_supervision = False
+    options = dict(patch_size=cfg["train"]["patch_size"], overlap=cfg["eval"]["overlap"], mirror=cfg["eval"]["mirror"],
+                   tile_batch=cfg["eval"]["tile_batch"], device=device, amp_dtype=amp_dtype)
     try:
-        rows, kept = score_cached_cases(net, cache, case_ids, patch_size=cfg["train"]["patch_size"],
-                                        overlap=cfg["eval"]["overlap"], mirror=cfg["eval"]["mirror"],
-                                        tile_batch=cfg["eval"]["tile_batch"], device=device,
-                                        amp_dtype=amp_dtype, keep=keep)
+        if routing is None:
+            rows, kept = score_cached_cases(net, cache, case_ids, keep=keep, **options)
+        else:  # dMoE: each case through its own group's routers
+            rows, kept = [], []
+            for case_id in case_ids:
+                r, k = score_cached_cases(WithGroup(net, routing[case_id]), cache, [case_id],
+                                          keep=max(0, keep - len(kept)), **options)
+                rows, kept = rows + r, kept + k
     finally:
         net.deep_supervision = ds_was
     per_case = pd.DataFrame(rows)
@@ -309,7 +317,15 @@ def train_run(args) -> int:
     log(f"data: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test cases from {cache}")
 
     # --- model, loss, optimiser ------------------------------------------------------------------
-    model = build_model(cfg["model"], patch_size=patch, in_channels=1, num_classes=3).to(device)
+    # dMoE (FairDRO) routes each sample by its group: the group list is fixed here, stored in the checkpoint
+    model_cfg, routing = resolve_routing(cfg["model"], default_attribute=fair_attr, table=table, settings=settings,
+                                         order=orders.get(cfg["model"].get("moe", {}).get("attribute") or fair_attr))
+    if routing is not None:
+        missing = [c for c in train_ids if c not in routing]
+        if missing:
+            raise CaseError(missing[0], f"has no group the dMoE routers know ({routing.attribute})")
+        log(f"dMoE routed by {routing.attribute}: " + ", ".join(f"{g} -> router {i}" for i, g in enumerate(routing.groups)))
+    model = build_model(model_cfg, patch_size=patch, in_channels=1, num_classes=3).to(device)
     n_outputs = len(model.decoder.heads) if model.deep_supervision else 1
     criterion = DeepSupervisionLoss(build_loss(cfg["loss"]), n_outputs=n_outputs)
     fc = cfg["fairness"]
@@ -323,6 +339,15 @@ def train_run(args) -> int:
         group_position = {g: i for i, g in enumerate(meta_groups)}
         log(f"fair meta-learning on {fair_attr} ({', '.join(meta_groups)}): {fc['alpha']} * L_seg + "
             f"{fc['beta']} * L_cls, classifier input {fc['input']}{', adversarial' if fc['adversarial'] else ''}")
+    dro = None
+    if fc["method"] == "dro":
+        dro_groups = orders.get(fair_attr) or sorted(set(fair_groups.values()))
+        dro_position = {g: i for i, g in enumerate(dro_groups)}
+        dro = GroupDRO(n_groups=len(dro_groups), **fc["dro"]).to(device)
+        log(f"DRO loss over {fair_attr} ({', '.join(dro_groups)}): CVaR{fc['dro']['alpha']:g} within groups "
+            f"(history {fc['dro']['history']}), group weights eta {fc['dro']['eta']:g}"
+            + ("; loss.batch_dice is ignored: DRO aggregates per-sample losses" if cfg["loss"]["batch_dice"] else ""))
+    moe_balance = (cfg["model"].get("moe") or {}).get("balance_weight", 0.0)
     params = list(model.parameters()) + (list(meta.parameters()) if meta is not None else [])
     optimizer = build_optimizer(cfg["optim"], params)
     scheduler = build_schedule(cfg["optim"], optimizer, tc["epochs"])
@@ -332,6 +357,8 @@ def train_run(args) -> int:
         model.load_state_dict(resume_ckpt["model"])
         if meta is not None:
             meta.load_state_dict(resume_ckpt["fairmeta"])
+        if dro is not None:
+            dro.load_state_dict(resume_ckpt["dro"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         scaler.load_state_dict(resume_ckpt["scaler"])
@@ -362,7 +389,8 @@ def train_run(args) -> int:
 
     def checkpoint(name: str, epoch_done: int):
         save_checkpoint(run_dir / name, {
-            "config": cfg, "git_commit": git_commit(), "num_classes": 3,
+            "config": cfg, "model_config": model_cfg, "git_commit": git_commit(), "num_classes": 3,
+            **({"dro": dro.state_dict()} if dro is not None else {}),
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             **({"fairmeta": unwrap(meta).state_dict()} if meta is not None else {}),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -384,13 +412,21 @@ def train_run(args) -> int:
             label = batch["label"].to(device, non_blocking=True)
             if tc["channels_last"]:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
+            cases = batch["case"].tolist()
+            route = (torch.tensor([routing[train_ids[c]] for c in cases], device=device)
+                     if routing is not None else None)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(image)
+                outputs = model(image, groups=route) if route is not None else model(image)
             levels = criterion.per_sample_levels(outputs, label)            # (B, levels), float32
             weights = torch.tensor(criterion.weights, device=levels.device)
             per_sample = levels @ weights
-            loss = criterion(outputs, label)[0] if cfg["loss"]["batch_dice"] else per_sample.mean()
-            cases = batch["case"].tolist()
+            if dro is not None:
+                dro_index = torch.tensor([dro_position[fair_groups[train_ids[c]]] for c in cases], device=device)
+                loss = dro(per_sample, dro_index)
+            else:
+                loss = criterion(outputs, label)[0] if cfg["loss"]["batch_dice"] else per_sample.mean()
+            if moe_balance:
+                loss = loss + moe_balance * unwrap(model).moe_aux_loss()
             if meta is not None:
                 group_index = torch.tensor([group_position[fair_groups[train_ids[c]]] for c in cases], device=device)
                 full_res = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
@@ -419,6 +455,13 @@ def train_run(args) -> int:
                 writer.add_scalar("train/loss", loss.item(), step)
                 for i, value in enumerate(levels.mean(0).tolist()):
                     writer.add_scalar(f"train/loss_level{i}", value, step)
+                if dro is not None:
+                    for g, i in dro_position.items():
+                        writer.add_scalar(f"train/dro_q/{g}", dro.q[i].item(), step)
+                        if not math.isnan(dro.last_tail[i]):
+                            writer.add_scalar(f"train/dro_tail_loss/{g}", dro.last_tail[i].item(), step)
+                if routing is not None or moe_balance:
+                    writer.add_scalar("train/moe_balance_loss", float(unwrap(model).moe_aux_loss()), step)
                 if meta is not None:
                     writer.add_scalar("train/L_cls", loss_cls.item(), step)
                     hits = (cls_logits.argmax(1) == group_index).float()
@@ -442,7 +485,7 @@ def train_run(args) -> int:
         epoch_done = epoch + 1
         last_epoch = epoch_done == tc["epochs"]
         if is_main and (epoch_done % cfg["eval"]["every"] == 0 or last_epoch):
-            per_case, kept = validate(model, cache, val_ids, groups_by_attr, cfg, device, amp_dtype,
+            per_case, kept = validate(model, cache, val_ids, groups_by_attr, cfg, device, amp_dtype, routing=routing,
                                       keep=tc["image_slices"])
             score = float(per_case["mean"].mean())
             writer.add_scalar("val/mean_dice", score, step)
@@ -472,7 +515,7 @@ def train_run(args) -> int:
         else:
             log("evaluating the final weights on the test split (no validation split: best.pt was "
                 "chosen on the test cases, so it is not used for the test tables)")
-        per_case, _ = validate(model, cache, test_ids, groups_by_attr, cfg, device, amp_dtype)
+        per_case, _ = validate(model, cache, test_ids, groups_by_attr, cfg, device, amp_dtype, routing=routing)
         per_case.to_csv(eval_dir / "per_case.csv", index=False)
         audits = log_audits(writer, per_case, groups_by_attr, orders, step, "test")
         for attr, audit in audits.items():

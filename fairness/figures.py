@@ -73,8 +73,11 @@ def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = ""):
         if best is not None:
             ax.scatter([unfair[best]], [dice[best]], marker="*", s=200, color="tab:orange", zorder=4,
                        label="best mean Dice")
+        labels = {}  # methods at the same point share one label instead of overprinting
         for i, name in enumerate(compare.index):
-            ax.annotate(str(name), (unfair[i], dice[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+            labels.setdefault((unfair[i], dice[i]), []).append(str(name))
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
         ax.set_xlabel(f"{label}  (fairer ←)")
         ax.set_ylabel("mean Dice (%)")
         ax.grid(alpha=0.3)

@@ -205,7 +205,8 @@ def compare_display(table: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = table["seeds"].astype(int).astype(str)
     for col in [c for c in table.columns if not c.endswith("_std") and c != "seeds"]:
         digits = 1 if col in METRICS else 2
-        out[col.replace("_", " ").upper() if not col in METRICS else col] = [
+        figure, _, attr = col.partition("_")
+        out[col if col in METRICS else f"{figure.upper()} {attr}"] = [
             "-" if pd.isna(m) else (f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}"))
             for m, s in zip(table[col], table[f"{col}_std"])]
     return out

@@ -58,8 +58,9 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint"):
     """The network a checkpoint describes, with its weights; a clear ValueError if they disagree."""
     from models import build_model
     cfg = ckpt["config"]
+    model_cfg = ckpt.get("model_config", cfg["model"])  # with what train.py resolved (dMoE groups)
     try:
-        model = build_model(cfg["model"], patch_size=cfg["train"]["patch_size"], in_channels=1,
+        model = build_model(model_cfg, patch_size=cfg["train"]["patch_size"], in_channels=1,
                             num_classes=ckpt.get("num_classes", 3))
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{where}: its config does not build a model with this version of fairkits ({exc})") from None

@@ -45,3 +45,13 @@ def test_config_trains_one_epoch_on_tiny_data(path, cohort, capsys):
         assert f"sampler {cfg['sampler']['name']} by {cfg['fairness']['attribute']}: cases per group" in out
     if cfg["fairness"]["method"] == "fairmeta":
         assert "fairmeta" in ckpt and "fair meta-learning on" in out
+    if cfg["fairness"]["method"] == "dro":
+        assert "dro" in ckpt and "DRO loss over" in out
+    if cfg["model"].get("moe", {}).get("router") == "group":
+        assert "dMoE routed by" in out and ckpt["model_config"]["moe"]["groups"]
+
+
+def test_the_fairdro_configs_and_ablations_exist():
+    names = {p.stem for p in CONFIGS}
+    assert {"fairdro_sex", "fairdro_age", "fairdro_sex_dmoe_only", "fairdro_sex_dro_only",
+            "fairdro_sex_plain_moe"} <= names
