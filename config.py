@@ -128,6 +128,13 @@ def _check_type(path: str, default, value) -> None:
         raise ConfigError(f"config key {path!r} expects {type(default).__name__}, got {value!r}")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise ConfigError(f"config {path} inherits from itself")
@@ -136,7 +143,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     base = raw.pop("base", None)
@@ -185,7 +192,7 @@ def yaml_load(path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: cannot read YAML ({_yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping")
     return data

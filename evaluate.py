@@ -73,6 +73,9 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
         try:
             pred_file = prediction_path(pred_dir, record.case_id)
             ref = load_case(record, scheme, with_image=False)
+            if not ref.labels.any():  # KiTS Dice is undefined without a reference kidney
+                raise CaseError(record.case_id, f"reference label map is empty (no kidney) in "
+                                f"{record.label_path.name}: nothing to score against")
             pred = read_volume(pred_file, where=record.case_id)
             if pred.array.shape != ref.shape:
                 raise CaseError(record.case_id, f"prediction shape {pred.array.shape} differs from the "
@@ -80,6 +83,10 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
             if not np.allclose(pred.spacing, ref.spacing, rtol=1e-3):
                 raise CaseError(record.case_id, f"prediction spacing {pred.spacing} differs from the "
                                 f"reference {ref.spacing}")
+            if not np.allclose(pred.affine, ref.affine, atol=1e-3):
+                raise CaseError(record.case_id, f"{pred_file.name} has another affine than the reference "
+                                f"{record.label_path.name} (orientation or origin): predictions must be in the "
+                                "original geometry")
             pred_labels = scheme.apply(pred.array, where=f"{record.case_id} prediction")
             row = {"case_id": record.case_id, **kits_case_dice(pred=pred_labels, ref=ref.labels)}
             for attribute in attributes:
@@ -111,7 +118,10 @@ def open_out_dir(path: Path, overwrite: bool) -> Path:
     if (path / "per_case.csv").exists() and not overwrite:
         raise CaseError(str(path), "holds results (per_case.csv); pass --overwrite to replace them or choose "
                         "another --out")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaseError(str(path), f"cannot create the results folder ({exc.strerror or exc})") from None
     return path
 
 
@@ -207,7 +217,10 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     from train import amp_settings, pick_device
 
     ckpt = load_checkpoint(ckpt_path)
-    cfg = load_config(saved=ckpt["config"])
+    try:
+        cfg = load_config(saved=ckpt["config"])
+    except ValueError as exc:  # a checkpoint from an older (or newer) fairkits
+        raise ValueError(f"{ckpt_path}: its saved config does not fit this version of fairkits ({exc})") from None
     model = model_from_checkpoint(ckpt, where=str(ckpt_path))
     model.deep_supervision = False
     device = pick_device(args.device, 0, False)

@@ -42,6 +42,10 @@ from models.routing import WithGroup, resolve_routing
 from models.losses import DeepSupervisionLoss, DiceCELoss
 
 LOSSES = {"dice_ce": DiceCELoss}
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. the loss stays non-finite); its checkpoints so far are kept."""
 OPTIMIZERS = {"sgd", "adamw"}
 SCHEDULES = {"constant", "poly"}
 FAIRNESS_METHODS = {"none", "fairmeta", "dro"}
@@ -127,13 +131,42 @@ def build_loss(cfg: dict) -> DiceCELoss:
     return LOSSES[name](**cfg)
 
 
+def check_choices(cfg: dict) -> None:
+    """Names that pick code (model, sampler, loss, ...): checked before a folder is made or data read."""
+    from data.samplers import SAMPLERS
+    from models import MODELS
+    for section, key, valid in (("model", "name", MODELS), ("sampler", "name", SAMPLERS), ("loss", "name", LOSSES),
+                                ("optim", "name", OPTIMIZERS), ("optim", "schedule", SCHEDULES),
+                                ("fairness", "method", FAIRNESS_METHODS)):
+        if cfg[section][key] not in valid:
+            raise ConfigError(f"unknown {section}.{key} {cfg[section][key]!r}; valid: {', '.join(sorted(valid))}")
+
+
 def new_run_dir(cfg: dict, config_path, name) -> Path:
+    """The new run's folder, checked now (it must not exist and must be creatable) and made later,
+    once data and model are ready, so a run that fails to start leaves no empty folder behind."""
     name = name or cfg["train"]["name"] or f"{Path(config_path).stem if config_path else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg["train"]["out_dir"]) / name
     if run_dir.exists():
         raise ConfigError(f"run folder {run_dir} exists; choose another --name or --resume it")
-    run_dir.mkdir(parents=True)
+    ancestor = run_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    problem = ("Not a directory" if not ancestor.is_dir()
+               else "Permission denied" if not os.access(ancestor, os.W_OK | os.X_OK) else None)
+    if problem:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({problem}); check train.out_dir")
     return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"run folder {run_dir} appeared while this run was starting; choose another --name") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror or exc}); "
+                          "check train.out_dir") from None
 
 
 def unwrap(model):
@@ -228,6 +261,7 @@ def run_many(args) -> int:
         for seed in seeds:
             sets = list(entry_sets) + list(args.set) + ([f"train.seed={seed}"] if seed is not None else [])
             cfg = load_config(config_path, sets)
+            check_choices(cfg)
             name = "/".join(part for part in (batch, entry, f"seed{seed}" if seed is not None else "") if part)
             plan.append((name, sets, Path(cfg["train"]["out_dir"]) / name, cfg))
     rank, _, distributed = setup_distributed()
@@ -266,11 +300,16 @@ def train_run(args) -> int:
     if args.resume is not None:
         resume_ckpt = load_checkpoint(args.resume)
         run_dir = args.resume if args.resume.is_dir() else args.resume.parent
-        cfg = load_config(saved=resume_ckpt["config"], overrides=args.set)  # e.g. --set train.epochs=300
+        try:
+            cfg = load_config(saved=resume_ckpt["config"], overrides=args.set)  # e.g. --set train.epochs=300
+        except ConfigError as exc:
+            raise ConfigError(f"{args.resume}: cannot resume: {exc}") from None
+        check_choices(cfg)
     else:
         if args.config is None:
             raise ConfigError("give --config FILE (or --resume RUN)")
         cfg = load_config(args.config, args.set)
+        check_choices(cfg)
         run_dir = new_run_dir(cfg, args.config, args.name) if is_main else None
     tc = cfg["train"]
     if distributed and not args.resume:
@@ -282,8 +321,6 @@ def train_run(args) -> int:
     seed_everything(tc["seed"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = tc["cudnn_benchmark"]
-    if is_main:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     # --- data ------------------------------------------------------------------------------------
     if is_main:
@@ -302,12 +339,19 @@ def train_run(args) -> int:
     if cfg["eval"]["max_cases"]:
         val_ids = val_ids[:cfg["eval"]["max_cases"]]
     patch = tuple(tc["patch_size"])
+    largest = [max(int(str(s).split("x")[a]) for s in table.loc[train_ids, "resampled_shape"]) for a in range(3)]
+    if any(p > m for p, m in zip(patch, largest)):
+        log(f"note: patch {patch} is larger than every training case (largest {'x'.join(map(str, largest))} "
+            "per axis): cases are zero-padded")
     dataset = PatchDataset(cache, train_ids, patch_size=patch, augment=AugmentSettings.from_dict(tc["augment"]),
                            pos_ratio=cfg["sampler"]["pos_ratio"], neg_ratio=cfg["sampler"]["neg_ratio"])
     fair_attr = cfg["fairness"]["attribute"]
     fair_groups = groups_by_attr.get(fair_attr) or groups_from_table(table, fair_attr, settings)
-    sampler = build_sampler(cfg["sampler"], n_cases=len(train_ids), batch_size=tc["batch_size"], seed=tc["seed"],
-                            rank=rank, world_size=world, groups=[fair_groups[c] for c in train_ids])
+    try:
+        sampler = build_sampler(cfg["sampler"], n_cases=len(train_ids), batch_size=tc["batch_size"], seed=tc["seed"],
+                                rank=rank, world_size=world, groups=[fair_groups[c] for c in train_ids])
+    except ValueError as exc:
+        raise ConfigError(f"sampler {cfg['sampler']['name']!r} by {fair_attr}: {exc}") from None
     if hasattr(sampler, "group_counts"):
         log(f"sampler {cfg['sampler']['name']} by {fair_attr}: cases per group per epoch "
             + ", ".join(f"{g} {n}" for g, n in sampler.group_counts().items()))
@@ -384,6 +428,9 @@ def train_run(args) -> int:
 
     writer = None
     if is_main:
+        if resume_ckpt is None:
+            create_run_dir(run_dir)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir))
 
@@ -440,7 +487,7 @@ def train_run(args) -> int:
                 if writer:
                     writer.add_scalar("train/skipped_nonfinite", nonfinite_streak, step)
                 if nonfinite_streak >= tc["max_nonfinite_steps"]:
-                    raise RuntimeError(f"{nonfinite_streak} consecutive non-finite losses: stopping instead of "
+                    raise TrainingStopped(f"{nonfinite_streak} consecutive non-finite losses: stopping instead of "
                                        "training on garbage (lower optim.lr, check the data, or try train.amp=bf16)")
                 step += 1
                 continue
@@ -461,7 +508,7 @@ def train_run(args) -> int:
                         if not math.isnan(dro.last_tail[i]):
                             writer.add_scalar(f"train/dro_tail_loss/{g}", dro.last_tail[i].item(), step)
                 if routing is not None or moe_balance:
-                    writer.add_scalar("train/moe_balance_loss", float(unwrap(model).moe_aux_loss()), step)
+                    writer.add_scalar("train/moe_balance_loss", unwrap(model).moe_aux_loss().item(), step)
                 if meta is not None:
                     writer.add_scalar("train/L_cls", loss_cls.item(), step)
                     hits = (cls_logits.argmax(1) == group_index).float()
@@ -531,7 +578,7 @@ def train_run(args) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ConfigError, CaseError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, CaseError, ValueError, FileNotFoundError, TrainingStopped) as exc:
         if "--debug" in sys.argv:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)

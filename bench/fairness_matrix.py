@@ -35,6 +35,7 @@ METHODS = {
     "resm_sex": "resm_sex.yaml",
     "stratified_sex": "stratified_sex.yaml",
     "fairmeta_sex": "fairmeta_sex.yaml",
+    "fairmeta_image_sex": "fairmeta_sex.yaml fairness.input=image",  # control: L_cls cannot reach the segmenter
     "fairdro_sex": "fairdro_sex.yaml",
     "dmoe_only_sex": "fairdro_sex_dmoe_only.yaml",
     "dro_only_sex": "fairdro_sex_dro_only.yaml",
@@ -42,9 +43,11 @@ METHODS = {
 }
 
 
-def mitigation_overrides(config_name: str) -> list[str]:
-    """The sampler and fairness sections (and dMoE layers) of a study config, as --set overrides."""
-    cfg = load_config(ROOT / "configs" / config_name)
+def mitigation_overrides(spec: str) -> list[str]:
+    """The sampler and fairness sections (and dMoE layers) of a study config, as --set overrides.
+    spec: "config.yaml [section.key=value ...]"."""
+    config_name, *extra = spec.split()
+    cfg = load_config(ROOT / "configs" / config_name, extra)
     sets = [f"sampler.{k}={json.dumps(v)}" for k, v in cfg["sampler"].items()]
     if cfg["model"].get("moe"):
         sets.append(f"model.moe={json.dumps(cfg['model']['moe'])}")

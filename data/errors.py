@@ -15,6 +15,8 @@ class CaseError(Exception):
     """A problem with one case's files or metadata; `where` is a case id or a file path."""
 
     def __init__(self, where: str, problem: str):
+        # one line, always: messages quoting a library's error may hold line breaks
+        problem = " ".join(part.strip() for part in str(problem).splitlines() if part.strip())
         super().__init__(f"{where}: {problem}")
         self.where = where
         self.problem = problem

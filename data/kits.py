@@ -80,9 +80,9 @@ def load_metadata(path) -> dict[str, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CaseError(str(path), f"is not valid JSON ({exc})") from None
     if isinstance(entries, dict):  # also accept {case_id: {...}}
-        entries = [dict(v, case_id=k) for k, v in entries.items()]
+        entries = [dict(v, case_id=k) if isinstance(v, dict) else v for k, v in entries.items()]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise CaseError(str(path), "expected a list of per-case objects")
+        raise CaseError(str(path), "expected a list of per-case objects (or {case_id: {...}})")
     by_id: dict[str, dict] = {}
     for i, entry in enumerate(entries):
         case_id = entry.get("case_id")
@@ -182,7 +182,9 @@ def load_case(record: CaseRecord, scheme: LabelScheme, *, with_image: bool = Tru
         if img.array.shape != labels.shape:
             raise CaseError(where, f"image shape {img.array.shape} differs from label shape {labels.shape}")
         if not np.allclose(img.affine, seg.affine, atol=1e-3):
-            raise CaseError(where, "image and label affines disagree")
+            worst = float(np.abs(img.affine - seg.affine).max())
+            raise CaseError(where, f"image and label affines disagree ({record.image_path.name} vs "
+                            f"{record.label_path.name}, largest difference {worst:g})")
         image = img.array
     return CaseArrays(case_id=where, labels=labels, image=image, spacing=seg.spacing,
                       affine=seg.affine, header=seg.header)

@@ -68,8 +68,10 @@ class LabelScheme:
     def apply(self, labels: np.ndarray, where: str) -> np.ndarray:
         """Map source values to ours (uint8); reject non-integer floats and unknown values."""
         if labels.dtype.kind == "f":
-            if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-                raise CaseError(where, "label map holds non-integer or non-finite values")
+            bad = ~np.isfinite(labels) | (labels != np.round(labels))
+            if bad.any():
+                raise CaseError(where, f"label map holds non-integer or non-finite values (e.g. "
+                                f"{labels[bad].flat[0]:g} in {int(bad.sum())} voxel(s)); labels must be whole numbers")
         elif labels.dtype.kind not in "iub":
             raise CaseError(where, f"label map has unsupported dtype {labels.dtype}")
         present = present_values(labels)

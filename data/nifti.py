@@ -13,13 +13,16 @@ Usage:
 """
 from __future__ import annotations
 
+import logging
 import os
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from data.errors import CaseError
 
@@ -41,6 +44,35 @@ def kits_affine(spacing) -> np.ndarray:
                      [0.0, 0.0, 0.0, 1.0]])
 
 
+@contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header repairs it makes to stderr; we report the problem ourselves."""
+    logger = logging.getLogger("nibabel.global")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _stored_zooms(img) -> tuple[float, ...]:
+    """The header's zooms as written in the file.
+
+    nibabel's load "fixes" a zero zoom to 1 and a negative one to its absolute value (with a log
+    line): a volume would then be resampled with a spacing nobody wrote. Read the raw header.
+    """
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if "pixdim" not in img.header:
+        return zooms
+    holder = img.file_map.get("header", img.file_map["image"])
+    try:
+        with ImageOpener(holder.filename) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        return tuple(float(z) for z in raw["pixdim"][1:4])
+    except Exception:  # the loaded header is then the best we have
+        return zooms
+
+
 def read_volume(path, dtype=None, where: str | None = None) -> Volume:
     """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable."""
     path = Path(path)
@@ -48,14 +80,17 @@ def read_volume(path, dtype=None, where: str | None = None) -> Volume:
     if not path.is_file():
         raise CaseError(where, f"missing file {path}")
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad file
         raise CaseError(where, f"{path.name} is not a readable NIfTI file ({type(exc).__name__}: {exc})")
     if len(img.shape) != 3:
         raise CaseError(where, f"{path.name} has shape {tuple(img.shape)}; expected a 3D volume")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = _stored_zooms(img)
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
-        raise CaseError(where, f"{path.name} has invalid spacing {zooms} in its header")
+        shown = ", ".join(f"{z:g}" for z in zooms)
+        raise CaseError(where, f"{path.name} has invalid spacing ({shown}) in its header (zooms must be "
+                        "finite and positive)")
     try:
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -164,6 +165,9 @@ def preprocess_case(record: CaseRecord, settings: PreprocessSettings, out_dir) -
     if case.image is None:
         raise CaseError(record.case_id, "has no imaging.nii.gz; preprocessing needs the CT "
                         "(for label maps alone, run `preprocess.py synthesize --from-labels` first)")
+    if not case.labels.any():  # a reference segmentation without kidney cannot train nor score
+        raise CaseError(record.case_id, f"label map is empty (no kidney) in {record.label_path.name}: "
+                        "a reference segmentation needs kidney voxels")
     box = body_box(case.image, case.labels, settings.body_threshold_hu)
     crop = tuple(slice(a, b) for a, b in box)
     image, labels = case.image[crop], case.labels[crop]
@@ -276,6 +280,8 @@ def check_settings(out_dir: Path, settings: PreprocessSettings, *, overwrite: bo
                                 "--out or pass --overwrite to redo every case")
             for p in out_dir.glob("case_*.json"):
                 p.unlink()  # completion markers: every case is redone with the new settings
+        else:
+            return  # the same settings: leave the file as it is
     _save_json(path, record)
 
 
@@ -302,6 +308,28 @@ def _worker(job):
     return _run_one(job)
 
 
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files left by writers that were killed (their process is gone)."""
+    removed = 0
+    for tmp in out_dir.glob(".*.tmp*"):
+        digits = re.match(r"\d+", tmp.name.split(".tmp", 1)[1])
+        if digits and _process_alive(int(digits.group())):
+            continue  # another live run is writing it
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # our own leftovers (an earlier call that failed) are stale too
+
+
 def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers: int = 1,
                       metadata_path=None, cases: list[str] | None = None, overwrite: bool = False,
                       progress: bool = True) -> PreprocessResult:
@@ -309,10 +337,14 @@ def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers
     start = time.time()
     out_dir = Path(out_dir)
     cohort = scan_cohort(raw_dir, metadata_path=metadata_path, require_imaging=True, cases=cases)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaseError(str(out_dir), f"cannot create the output folder ({exc.strerror or exc})") from None
     if not os.access(out_dir, os.W_OK):
         raise CaseError(str(out_dir), "output folder is not writable")
     check_settings(out_dir, settings, overwrite=overwrite)
+    remove_stale_temporaries(out_dir)
     result = PreprocessResult(failures=list(cohort.failures))
     todo = []
     for record in cohort.records:

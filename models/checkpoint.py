@@ -33,10 +33,18 @@ def git_commit() -> str:
 
 
 def save_checkpoint(path, state: dict) -> None:
+    """Write to a temporary name, flush it to disk, then rename: a process killed at any moment
+    leaves either the previous complete file or the new one, never a torn one. Leftover temporary
+    files of writers that were killed are removed after a successful write."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

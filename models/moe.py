@@ -113,7 +113,7 @@ class DMoE(nn.Module):
         gates = self.router(h, routes)                                 # (B, K, *S)
         mixed = (gates.unsqueeze(2) * self.experts(h)).sum(1)          # (B, C, *S)
         importance = gates.float().sum(dim=[0, *range(2, gates.dim())])  # per expert
-        self.aux_loss = importance.var(unbiased=False) / importance.mean().clamp_min(1e-9) ** 2
+        self.aux_loss = importance.var(unbiased=False) / importance.mean().clamp_min(1e-9) ** 2  # CV^2 (Shazeer)
         return h + mixed
 
 

@@ -104,3 +104,13 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(runs, tmp_p
     assert evaluate.main(["--ckpt", str(tmp_path / "odd.pt"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "odd.pt: weights do not fit the nnunet its config describes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_from_an_older_config_is_refused_in_one_line(runs, tmp_path, capsys):
+    ckpt = torch.load(runs / "runs" / "pair" / "seed0" / "last.pt", weights_only=False)
+    ckpt["config"]["train"]["warmup_epochs"] = 5  # a key this version does not know
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert evaluate.main(["--ckpt", str(tmp_path / "old.pt"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'old.pt'}: its saved config does not fit this version")
+    assert "warmup_epochs" in err and len(err.splitlines()) == 1

@@ -1,0 +1,185 @@
+"""Interrupted and faulty work: SIGKILL mid-preprocessing and mid-training, torn checkpoint writes,
+non-finite losses. Whatever happens, nothing complete is lost and re-running finishes the job."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from data.preprocessing import PreprocessSettings, run_preprocessing
+from models import checkpoint as checkpoint_module
+from models.checkpoint import load_checkpoint
+from tests.kits_fixtures import write_tiny_cohort
+from tests.test_training import tiny_args
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def wait_for(predicate, proc, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+def cache_files(cache: Path) -> dict:
+    return {p.name: p for p in sorted(cache.iterdir()) if p.suffix in (".npy", ".json") and p.name not in ("preprocess.json", "splits.json")}
+
+
+def test_preprocessing_killed_midway_finishes_on_rerun_and_equals_an_uninterrupted_run(tmp_path):
+    raw = write_tiny_cohort(tmp_path / "raw", n_cases=12, shape=(32, 120, 120), spacing=(4.0, 0.8, 0.8))
+    run_preprocessing(raw, tmp_path / "straight", PreprocessSettings(), progress=False)
+    cache = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "preprocess.py"), "run", "--raw", str(raw), "--out", str(cache), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = wait_for(lambda: cache.is_dir() and any(cache.glob("case_*.json")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(cache.glob("case_*.json")))
+    assert started and done_at_kill < 12, "the run finished before it could be killed"
+    # every case that looks complete is complete: its arrays load
+    for props in cache.glob("case_*.json"):
+        case = props.stem
+        np.load(cache / f"{case}.npy"), np.load(cache / f"{case}_seg.npy")
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"kept {done_at_kill} already done" in out.stdout
+    assert not list(cache.glob(".*.tmp*"))  # the killed writer's temporaries are gone
+    a, b = cache_files(tmp_path / "straight"), cache_files(cache)
+    assert a.keys() == b.keys() and len(a) == 36
+    for name in a:
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(a[name]), np.load(b[name]), err_msg=name)
+        else:
+            assert a[name].read_text() == b[name].read_text(), name
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupt")
+    write_tiny_cohort(root / "raw", n_cases=8, shape=(24, 40, 48), spacing=(3.22, 1.62, 1.62))
+    assert train.main(tiny_args(root, "straight", epochs=3)) == 0
+    return root
+
+
+def final_weights(run: Path) -> dict:
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def run_cli(*args):
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(cohort):
+    # all three in subprocesses with one thread: float sums must not depend on the thread count
+    run_cli(*tiny_args(cohort, "straight_cli", epochs=3))
+    run = cohort / "runs" / "killed"
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(cohort, "killed", epochs=3)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ok = wait_for(lambda: (run / "last.pt").is_file(), proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ok, "training ended before its first checkpoint"
+    epoch_at_kill = load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= epoch_at_kill < 3 and not (run / "eval" / "per_case.csv").exists()
+    run_cli("--resume", str(run), "--no-progress")
+    assert_same_weights(final_weights(cohort / "runs" / "straight_cli"), final_weights(run))
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL inside a write: nothing after it runs, no handler catches it."""
+
+
+def test_a_checkpoint_write_torn_by_a_kill_never_replaces_last_pt(cohort, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def torn_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second last.pt (epoch 2): half the bytes, then death
+            real_save(obj, f, *args, **kwargs)
+            f.truncate(f.tell() // 2)
+            raise Killed()
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", torn_save)
+    with pytest.raises(Killed):
+        train.main(tiny_args(cohort, "torn", epochs=3, extra=["eval.every=100"]))
+    monkeypatch.undo()
+    run = cohort / "runs" / "torn"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1   # the complete one from before the kill
+    assert list(run.glob(".last.pt.tmp*"))                   # the torn write is only a temporary file
+    assert train.main(["--resume", str(run), "--no-progress"]) == 0
+    assert not list(run.glob(".last.pt.tmp*"))
+    assert_same_weights(final_weights(cohort / "runs" / "straight"), final_weights(run))
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="last.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+
+
+def nan_on_steps(monkeypatch, steps):
+    from models.losses import DeepSupervisionLoss
+    real = DeepSupervisionLoss.per_sample_levels
+    counter = {"step": 0}
+
+    def levels(self, outputs, target):
+        out = real(self, outputs, target)
+        if steps == "all" or counter["step"] in steps:
+            out = out * float("nan")
+        counter["step"] += 1
+        return out
+
+    monkeypatch.setattr(DeepSupervisionLoss, "per_sample_levels", levels)
+
+
+def test_a_non_finite_loss_skips_its_step_and_the_run_goes_on(cohort, monkeypatch, capsys):
+    nan_on_steps(monkeypatch, {1})
+    assert train.main(tiny_args(cohort, "one_nan", epochs=1)) == 0
+    out = capsys.readouterr().out
+    assert "step 1: non-finite loss (nan), step skipped" in out
+    weights = final_weights(cohort / "runs" / "one_nan")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_a_persistently_non_finite_loss_stops_the_run_with_a_clear_message(cohort, monkeypatch):
+    nan_on_steps(monkeypatch, "all")
+    with pytest.raises(train.TrainingStopped, match="3 consecutive non-finite losses: stopping"):
+        train.main(tiny_args(cohort, "all_nan", epochs=2, extra=["train.max_nonfinite_steps=3"]))
+
+
+def test_the_cli_reports_a_stopped_run_in_one_line(cohort):
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys, runpy, torch\n"
+                          "from models.losses import DeepSupervisionLoss as D\n"
+                          "real = D.per_sample_levels\n"
+                          "D.per_sample_levels = lambda self, o, t: real(self, o, t) * float('nan')\n"
+                          f"sys.argv = ['train.py', *{tiny_args(cohort, 'cli_nan', epochs=1, extra=['train.max_nonfinite_steps=2'])!r}]\n"
+                          "runpy.run_path('train.py', run_name='__main__')\n"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: 2 consecutive non-finite losses")
+    assert "Traceback" not in out.stderr
