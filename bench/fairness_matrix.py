@@ -36,10 +36,14 @@ METHODS = {
     "stratified_sex": "stratified_sex.yaml",
     "fairmeta_sex": "fairmeta_sex.yaml",
     "fairmeta_image_sex": "fairmeta_sex.yaml fairness.input=image",  # control: L_cls cannot reach the segmenter
+    "fairmeta_a2_b1_sex": "fairmeta_sex.yaml fairness.alpha=2.0 fairness.beta=1.0",  # the sweep's lightest L_cls
     "fairdro_sex": "fairdro_sex.yaml",
     "dmoe_only_sex": "fairdro_sex_dmoe_only.yaml",
     "dro_only_sex": "fairdro_sex_dro_only.yaml",
     "plain_moe_dro_sex": "fairdro_sex_plain_moe.yaml",
+    "fairdro_a05_sex": "fairdro_sex.yaml fairness.dro.alpha=0.5",  # a wider tail: more samples give gradient
+    "dro_only_a05_sex": "fairdro_sex_dro_only.yaml fairness.dro.alpha=0.5",
+    "dmoe_balanced_sex": "fairdro_sex_dmoe_only.yaml model.moe.balance_weight=0.01",  # load-balancing loss on
 }
 
 

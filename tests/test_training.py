@@ -76,6 +76,21 @@ def test_two_process_ddp_with_gloo(cohort):
     assert (cohort / "runs" / "ddp" / "last.pt").is_file()
 
 
+def test_fairdro_trains_under_ddp(cohort):
+    """dMoE routing and the DRO loss (its tails all-reduced across ranks) with 2 gloo processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = tiny_args(cohort, "ddp_fairdro", epochs=1, extra=["fairness.dro.eta=0.5"])
+    args[args.index(str(ROOT / "configs" / "baseline_nnunet.yaml"))] = str(ROOT / "configs" / "fairdro_sex.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+           str(ROOT / "train.py"), *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stdout and "dMoE routed by sex" in result.stdout
+    ckpt = torch.load(cohort / "runs" / "ddp_fairdro" / "last.pt", weights_only=False)
+    q = ckpt["dro"]["q"]
+    assert q.shape == (2,) and abs(float(q.sum()) - 1) < 1e-6 and not torch.allclose(q, torch.full((2,), 0.5))
+
+
 def test_seeds_run_one_folder_each_and_a_reissued_command_continues(cohort, capsys):
     args = tiny_args(cohort, "multi", epochs=1) + ["--seeds", "0", "1"]
     assert train.main(args) == 0
