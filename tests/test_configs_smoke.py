@@ -55,3 +55,20 @@ def test_the_fairdro_configs_and_ablations_exist():
     names = {p.stem for p in CONFIGS}
     assert {"fairdro_sex", "fairdro_age", "fairdro_sex_dmoe_only", "fairdro_sex_dro_only",
             "fairdro_sex_plain_moe"} <= names
+
+
+@pytest.mark.parametrize("sampler", ["resm", "stratified"])
+def test_fairdro_works_with_every_sampler(sampler, cohort, capsys):
+    sets = [f"data.raw={cohort / 'raw'}", f"data.cache={cohort / 'cache'}", f"train.out_dir={cohort / 'runs'}",
+            "data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
+            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2",
+            "train.workers=0", "eval.every=100", f"sampler.name={sampler}",
+            "data.preprocess.target_spacing=[3.22,1.62,1.62]"]
+    args = ["--config", str(ROOT / "configs" / "fairdro_sex.yaml"), "--name", f"fairdro_{sampler}", "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"sampler {sampler} by sex" in out and "DRO loss over sex" in out
+    ckpt = torch.load(cohort / "runs" / f"fairdro_{sampler}" / "last.pt", weights_only=False)
+    assert torch.isclose(ckpt["dro"]["q"].sum(), torch.tensor(1.0))
