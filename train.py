@@ -464,7 +464,8 @@ def train_run(args) -> int:
                      if routing is not None else None)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(image, groups=route) if route is not None else model(image)
-            levels = criterion.per_sample_levels(outputs, label)            # (B, levels), float32
+            # DRO ranks samples by loss: a class absent from a patch must not count as a failure there
+            levels = criterion.per_sample_levels(outputs, label, skip_absent=dro is not None)  # (B, levels)
             weights = torch.tensor(criterion.weights, device=levels.device)
             per_sample = levels @ weights
             if dro is not None:

@@ -41,8 +41,15 @@ class DiceCELoss(nn.Module):
         self.dice_weight, self.ce_weight, self.smooth = dice_weight, ce_weight, smooth
         self.batch_dice, self.include_background = batch_dice, include_background
 
-    def soft_dice(self, logits: torch.Tensor, target: torch.Tensor, *, batch: bool) -> torch.Tensor:
-        """Soft Dice per sample (B,) or, with batch=True, one value for the batch (shape ())."""
+    def soft_dice(self, logits: torch.Tensor, target: torch.Tensor, *, batch: bool,
+                  skip_absent: bool = False) -> torch.Tensor:
+        """Soft Dice per sample (B,) or, with batch=True, one value for the batch (shape ()).
+
+        skip_absent (per sample only): average over the classes present in the sample's target, and
+        1 (no Dice loss) when none is. With smooth 1e-5 an absent class's soft Dice is ~0 whatever
+        the prediction (and its gradient ~0), so without this every background patch would look
+        like the worst case to anything that ranks samples by loss (DRO's tails).
+        """
         probs = torch.softmax(logits.float(), dim=1)
         onehot = _one_hot(target, logits.shape[1])
         if not self.include_background:
@@ -51,12 +58,16 @@ class DiceCELoss(nn.Module):
         intersect = (probs * onehot).sum(dims)
         denominator = probs.sum(dims) + onehot.sum(dims)
         dice = (2 * intersect + self.smooth) / (denominator + self.smooth).clamp_min(1e-8)
+        if skip_absent and not batch:
+            present = (onehot.sum(dims) > 0).float()
+            n_present = present.sum(-1)
+            return torch.where(n_present > 0, (dice * present).sum(-1) / n_present.clamp_min(1), torch.ones_like(n_present))
         return dice.mean(-1)
 
-    def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor, *, skip_absent: bool = False) -> torch.Tensor:
         target = _as_index(target)
         ce = F.cross_entropy(logits.float(), target, reduction="none").flatten(1).mean(1)
-        dice = self.soft_dice(logits, target, batch=False)
+        dice = self.soft_dice(logits, target, batch=False, skip_absent=skip_absent)
         return self.ce_weight * ce + self.dice_weight * (1 - dice)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -103,10 +114,11 @@ class DeepSupervisionLoss(nn.Module):
         total = sum(w * l for w, l in zip(self.weights, per_level) if w > 0)
         return total, per_level
 
-    def per_sample_levels(self, outputs, target) -> torch.Tensor:
+    def per_sample_levels(self, outputs, target, *, skip_absent: bool = False) -> torch.Tensor:
         """(B, n_outputs) per-sample losses at every level (zero-weighted levels included)."""
-        return torch.stack([self.loss.per_sample(out, t) for out, t, _ in self._levels(outputs, target)], dim=1)
+        return torch.stack([self.loss.per_sample(out, t, skip_absent=skip_absent)
+                            for out, t, _ in self._levels(outputs, target)], dim=1)
 
-    def per_sample(self, outputs, target) -> torch.Tensor:
-        levels = self.per_sample_levels(outputs, target)
+    def per_sample(self, outputs, target, *, skip_absent: bool = False) -> torch.Tensor:
+        levels = self.per_sample_levels(outputs, target, skip_absent=skip_absent)
         return levels @ torch.tensor(self.weights, dtype=levels.dtype, device=levels.device)

@@ -146,8 +146,8 @@ def nan_on_steps(monkeypatch, steps):
     real = DeepSupervisionLoss.per_sample_levels
     counter = {"step": 0}
 
-    def levels(self, outputs, target):
-        out = real(self, outputs, target)
+    def levels(self, outputs, target, **kwargs):
+        out = real(self, outputs, target, **kwargs)
         if steps == "all" or counter["step"] in steps:
             out = out * float("nan")
         counter["step"] += 1
@@ -176,7 +176,7 @@ def test_the_cli_reports_a_stopped_run_in_one_line(cohort):
                           "import sys, runpy, torch\n"
                           "from models.losses import DeepSupervisionLoss as D\n"
                           "real = D.per_sample_levels\n"
-                          "D.per_sample_levels = lambda self, o, t: real(self, o, t) * float('nan')\n"
+                          "D.per_sample_levels = lambda self, o, t, **k: real(self, o, t, **k) * float('nan')\n"
                           f"sys.argv = ['train.py', *{tiny_args(cohort, 'cli_nan', epochs=1, extra=['train.max_nonfinite_steps=2'])!r}]\n"
                           "runpy.run_path('train.py', run_name='__main__')\n"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)

@@ -67,3 +67,17 @@ def test_downsampled_target_is_nearest():
     target = torch.arange(8).repeat_interleave(2).reshape(1, 1, 1, 16).expand(1, 2, 2, 16) % 3
     small = downsample_target(target, (1, 1, 8))
     assert small.tolist() == [[[[0, 1, 2, 0, 1, 2, 0, 1]]]]
+
+
+def test_skip_absent_leaves_classes_missing_from_a_sample_out_of_its_dice():
+    loss = DiceCELoss(ce_weight=0.0)
+    target = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    target[0, :2] = 1                       # sample 0: kidney only; sample 1: background only
+    logits = torch.full((2, 3, 4, 4, 4), -5.0)
+    logits[:, 0] = 5.0
+    logits[0, 1, :2], logits[0, 0, :2] = 5.0, -5.0   # kidney predicted exactly where it is
+    plain = loss.per_sample(logits, target)
+    skip = loss.per_sample(logits, target, skip_absent=True)
+    # smooth 1e-5: an absent class's soft Dice is ~0 however right the prediction is
+    assert plain[0] == pytest.approx(0.5, abs=0.01) and plain[1] == pytest.approx(1.0, abs=0.01)
+    assert skip[0] == pytest.approx(0.0, abs=0.01) and skip[1] == 0.0   # only kidney counts; nothing to score
