@@ -82,9 +82,9 @@ DEFAULTS = {
         "input": "softmax+image",       # fairmeta classifier input: softmax+image | image
         "adversarial": False,           # fairmeta: reverse the gradient reaching the segmenter
         "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
-        # dro (FairDRO's loss, fairness/dro.py): CVaR at level alpha inside each group over the
-        # batch plus the last `history` losses of the group, group weights q_g *= exp(eta * L_g)
-        "dro": {"alpha": 0.2, "eta": 0.01, "history": 32},
+        # dro (FairDRO's loss, fairness/dro.py): CVaR at level alpha inside each group (Rockafellar-
+        # Uryasev form, the group's threshold tracked with step tau_lr), group weights q_g *= exp(eta * L_g)
+        "dro": {"alpha": 0.2, "eta": 0.01, "tau_lr": 0.05},
     },
 }
 OPEN_SECTIONS = {"model"}

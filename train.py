@@ -389,7 +389,7 @@ def train_run(args) -> int:
         dro_position = {g: i for i, g in enumerate(dro_groups)}
         dro = GroupDRO(n_groups=len(dro_groups), **fc["dro"]).to(device)
         log(f"DRO loss over {fair_attr} ({', '.join(dro_groups)}): CVaR{fc['dro']['alpha']:g} within groups "
-            f"(history {fc['dro']['history']}), group weights eta {fc['dro']['eta']:g}"
+            f"(threshold step {fc['dro']['tau_lr']:g}), group weights eta {fc['dro']['eta']:g}"
             + ("; loss.batch_dice is ignored: DRO aggregates per-sample losses" if cfg["loss"]["batch_dice"] else ""))
     moe_balance = (cfg["model"].get("moe") or {}).get("balance_weight", 0.0)
     params = list(model.parameters()) + (list(meta.parameters()) if meta is not None else [])
@@ -508,6 +508,7 @@ def train_run(args) -> int:
                         writer.add_scalar(f"train/dro_q/{g}", dro.q[i].item(), step)
                         if not math.isnan(dro.last_tail[i]):
                             writer.add_scalar(f"train/dro_tail_loss/{g}", dro.last_tail[i].item(), step)
+                        writer.add_scalar(f"train/dro_tau/{g}", dro.tau[i].item(), step)
                 if routing is not None or moe_balance:
                     writer.add_scalar("train/moe_balance_loss", unwrap(model).moe_aux_loss().item(), step)
                 if meta is not None:

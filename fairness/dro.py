@@ -3,7 +3,7 @@
 From the per-sample losses of a batch and each sample's group:
 
 1. inside each group, the tail: CVaR at level alpha, the mean of the worst (largest) alpha
-   fraction of the group's losses, k = max(1, ceil(alpha * n)) of n (fairness.tails.tail_size);
+   fraction of the group's losses;
 2. across groups, online group-DRO weights (Sagawa et al. 2020): q_g <- q_g * exp(eta * L_g),
    renormalised to sum 1, for the groups seen in the batch;
 3. the loss: sum_g w_g * L_g over the groups in the batch, w_g = q_g * n_g / sum_h q_h * n_h.
@@ -12,18 +12,28 @@ Why the batch share n_g in w_g: with eta = 0 and alpha = 1 the loss is then exac
 mean over the batch (the ERM loss, whatever the sampler's group mix), and q acts as Sagawa's
 reweighting on top of the sampler; a group absent from a batch simply drops out of that step.
 
-Why a history: a batch of 2-4 patches holds one or two samples per group, so its "worst 20 %" is
-just its worst sample. Each group keeps the last `history` per-sample losses (detached). The tail
-is taken over history + batch: L_g is the mean of the batch's samples among the pool's k worst
-(the gradient flows through those), and the pool's CVaR (detached) drives q. When none of a
-group's batch samples is in its tail, that group gives no gradient this step (its hard cases are
-elsewhere) and only updates q. history = 0 gives the batch's own CVaR.
+Why not the batch's own tail: a batch of 2-4 patches holds one or two samples per group, so its
+"worst 20 %" is just its worst sample. CVaR is therefore estimated in Rockafellar and Uryasev's
+form, which needs no sorting and works with any batch size:
 
-Under DDP the tail values that update q are averaged over ranks, so every rank keeps the same q.
+    CVaR_alpha(L) = min_tau  tau + E[(L - tau)+] / alpha,
+
+with one threshold tau_g per group tracked online (a stochastic-gradient step on tau, `tau_lr`
+per step: it rises while more than alpha of the group's samples exceed it and falls otherwise,
+so it follows the group's alpha-quantile as the losses fall during training). L_g =
+tau_g + mean_i (l_i - tau_g)+ / alpha over the batch's samples of g: the gradient flows through
+the samples above the threshold, weighted 1/alpha, which is CVaR's gradient in expectation.
+tau_g starts at the group's first batch's empirical alpha-quantile. alpha = 1 is the plain mean
+(CVaR at level 1), with no threshold. (A first version kept a history of past losses and took
+the tail over it; as the losses fell, the stale ones filled the tail and most steps had no
+gradient at all: the runs did not learn. The threshold form has no such memory.)
+
+Under DDP the values that update q and tau are averaged over the ranks that saw the group, so
+every rank keeps the same q and tau.
 
 Usage:
-    dro = GroupDRO(n_groups=2, alpha=0.2, eta=0.01, history=32)
-    loss = dro(per_sample_losses, group_index)    # scalar; dro.q, dro.last_tail for logging
+    dro = GroupDRO(n_groups=2, alpha=0.2, eta=0.01, tau_lr=0.05)
+    loss = dro(per_sample_losses, group_index)    # scalar; dro.q, dro.tau, dro.last_tail for logging
 """
 from __future__ import annotations
 
@@ -34,8 +44,20 @@ import torch.nn as nn
 from fairness.tails import tail_size
 
 
+def rockafellar_uryasev(losses: torch.Tensor, tau, alpha: float) -> torch.Tensor:
+    """tau + mean((losses - tau)+) / alpha: the CVaR at alpha when tau is the alpha-quantile
+    (and an upper bound of it for any other tau)."""
+    return tau + torch.clamp(losses - tau, min=0).mean() / alpha
+
+
+def empirical_var(losses: torch.Tensor, alpha: float) -> float:
+    """The k-th largest loss, k = max(1, ceil(alpha * n)): the threshold of the empirical tail."""
+    k = tail_size(losses.numel(), alpha)
+    return float(losses.detach().topk(k).values[-1])
+
+
 class GroupDRO(nn.Module):
-    def __init__(self, n_groups: int, *, alpha: float = 0.2, eta: float = 0.01, history: int = 32):
+    def __init__(self, n_groups: int, *, alpha: float = 0.2, eta: float = 0.01, tau_lr: float = 0.05):
         super().__init__()
         if n_groups < 1:
             raise ValueError("GroupDRO needs at least one group")
@@ -43,26 +65,14 @@ class GroupDRO(nn.Module):
             raise ValueError(f"fairness.dro.alpha must be in (0, 1], got {alpha}")
         if eta < 0:
             raise ValueError(f"fairness.dro.eta must be >= 0, got {eta}")
-        if history < 0:
-            raise ValueError(f"fairness.dro.history must be >= 0, got {history}")
-        self.n_groups, self.alpha, self.eta, self.history = n_groups, float(alpha), float(eta), int(history)
-        # buffers: saved in checkpoints, so a resumed run continues with the same weights and tails
+        if tau_lr <= 0:
+            raise ValueError(f"fairness.dro.tau_lr must be > 0, got {tau_lr}")
+        self.n_groups, self.alpha, self.eta, self.tau_lr = n_groups, float(alpha), float(eta), float(tau_lr)
+        # buffers: saved in checkpoints, so a resumed run continues with the same weights and thresholds
         self.register_buffer("q", torch.full((n_groups,), 1.0 / n_groups))
-        self.register_buffer("past", torch.zeros(n_groups, max(history, 1)))
-        self.register_buffer("past_count", torch.zeros(n_groups, dtype=torch.long))
-        self.last_tail = torch.full((n_groups,), float("nan"))  # pool CVaR per group, last step
-
-    def _pool(self, g: int) -> torch.Tensor:
-        n = min(int(self.past_count[g]), self.history)
-        return self.past[g, :n]
-
-    def _remember(self, g: int, values: torch.Tensor) -> None:
-        if self.history == 0:
-            return
-        for v in values.detach().float().tolist():
-            slot = int(self.past_count[g]) % self.history
-            self.past[g, slot] = v
-            self.past_count[g] += 1
+        self.register_buffer("tau", torch.zeros(n_groups))
+        self.register_buffer("seen", torch.zeros(n_groups, dtype=torch.bool))
+        self.last_tail = torch.full((n_groups,), float("nan"))  # L_g per group, last step
 
     def forward(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         losses = losses.float().view(-1)
@@ -71,34 +81,44 @@ class GroupDRO(nn.Module):
             raise ValueError(f"{groups.numel()} group indices for {losses.numel()} losses")
         if groups.numel() and (groups.min() < 0 or groups.max() >= self.n_groups):
             raise ValueError(f"group index out of range [0, {self.n_groups}): {groups.tolist()}")
-        terms, counts = {}, torch.zeros(self.n_groups, device=self.q.device)
-        tails = torch.full((self.n_groups,), float("nan"), device=self.q.device)
+        device = self.q.device
+        terms = {}
+        counts = torch.zeros(self.n_groups, device=device)
+        values = torch.zeros(self.n_groups, device=device)       # L_g, detached (for q)
+        tau_steps = torch.zeros(self.n_groups, device=device)    # d(RU)/d(tau) per group
+        first_tau = torch.zeros(self.n_groups, device=device)
         for g in range(self.n_groups):
             mine = losses[groups == g]
             if mine.numel() == 0:
                 continue
-            past = self._pool(g).to(losses.device)
-            pool = torch.cat([mine.detach(), past])
-            k = tail_size(pool.numel(), self.alpha)
-            worst = pool.topk(k).indices
-            current = worst[worst < mine.numel()]  # positions of this batch's samples in the tail
-            tails[g] = pool[worst].mean()
-            if current.numel():
-                terms[g] = mine[current].mean()
             counts[g] = mine.numel()
-            self._remember(g, mine)
+            if self.alpha == 1.0:
+                terms[g] = mine.mean()
+            else:
+                tau = self.tau[g] if self.seen[g] else torch.tensor(empirical_var(mine, self.alpha), device=device)
+                first_tau[g] = tau
+                terms[g] = rockafellar_uryasev(mine, tau.to(mine.device), self.alpha)
+                above = (mine.detach() > tau.to(mine.device)).float().mean()
+                tau_steps[g] = 1.0 - above / self.alpha
+            values[g] = terms[g].detach().to(device)
         present = counts > 0
         if dist.is_available() and dist.is_initialized():
-            both = torch.stack([torch.nan_to_num(tails, nan=0.0) * present, present.float()])
-            dist.all_reduce(both)
-            present = both[1] > 0
-            tails = torch.where(present, both[0] / both[1].clamp_min(1), tails)
+            packed = torch.stack([values * present, tau_steps * present, first_tau * present, present.float()])
+            dist.all_reduce(packed)
+            present = packed[3] > 0
+            n = packed[3].clamp_min(1)
+            values, tau_steps, first_tau = packed[0] / n, packed[1] / n, packed[2] / n
         with torch.no_grad():
-            self.q[present] *= torch.exp(self.eta * tails[present].to(self.q.device))
+            if self.alpha < 1.0:
+                new = present & ~self.seen
+                self.tau[new] = first_tau[new]
+                self.seen |= present
+                self.tau[present] -= self.tau_lr * tau_steps[present]
+            self.q[present] *= torch.exp(self.eta * values[present])
             self.q /= self.q.sum()
-        self.last_tail = tails.detach().cpu()
+        self.last_tail = torch.where(present, values, torch.full_like(values, float("nan"))).cpu()
         if not terms:
-            return losses.sum() * 0.0  # nothing in any tail: a zero loss that still has a graph
+            return losses.sum() * 0.0  # an empty batch: a zero loss that still has a graph
         local = [g for g in range(self.n_groups) if counts[g] > 0]
-        total = sum(self.q[g] * counts[g] for g in local)  # a group with no tail sample keeps its share
+        total = sum(self.q[g] * counts[g] for g in local)
         return sum(self.q[g] * counts[g] / total * terms[g] for g in terms)

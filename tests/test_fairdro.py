@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fairness.dro import GroupDRO
+from fairness.dro import GroupDRO, empirical_var, rockafellar_uryasev
 from models import build_model
 from models.moe import DMoE, resolve_stages
 
@@ -14,29 +14,45 @@ PATCH = (16, 32, 32)
 
 # --- DRO loss ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("history", [0, 5])
-def test_alpha_one_and_eta_zero_is_the_plain_mean(history):
+def test_alpha_one_and_eta_zero_is_the_plain_mean():
     torch.manual_seed(0)
-    dro = GroupDRO(n_groups=3, alpha=1.0, eta=0.0, history=history)
-    for _ in range(4):  # also after the history has filled
+    dro = GroupDRO(n_groups=3, alpha=1.0, eta=0.0)
+    for _ in range(4):
         losses = torch.rand(7)
-        groups = torch.tensor([0, 0, 0, 1, 2, 2, 0])
+        groups = torch.tensor([0, 0, 0, 1, 2, 2, 0])   # unequal groups
         torch.testing.assert_close(dro(losses, groups), losses.mean())
     torch.testing.assert_close(dro.q, torch.full((3,), 1 / 3))
 
 
 def test_hand_made_batch_gives_the_hand_computed_cvar_and_gradient():
-    dro = GroupDRO(n_groups=1, alpha=0.4, eta=0.0, history=0)
     losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], requires_grad=True)
-    loss = dro(losses, torch.zeros(5))
-    assert loss.item() == pytest.approx(4.5)  # k = ceil(0.4 * 5) = 2 worst: 5 and 4
-    loss.backward()
+    assert empirical_var(losses, 0.4) == 4.0          # k = ceil(0.4 * 5) = 2 worst: 5 and 4
+    cvar = rockafellar_uryasev(losses, 4.0, 0.4)
+    assert cvar.item() == pytest.approx(4.5)          # their mean
+    for tau in (2.0, 3.0, 3.5, 5.0):                  # the threshold form is never below the CVaR
+        assert rockafellar_uryasev(losses, tau, 0.4).item() >= 4.5 - 1e-6
+    cvar.backward()
+    # 1 / (alpha n) on the samples at or above tau: the two worst, as for the mean of the worst two
     torch.testing.assert_close(losses.grad, torch.tensor([0, 0, 0, 0.5, 0.5]))
+    # the first batch of a group starts its threshold at that batch's quantile: the exact batch CVaR
+    dro = GroupDRO(n_groups=1, alpha=0.4, eta=0.0)
+    assert dro(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), torch.zeros(5)).item() == pytest.approx(4.5)
+
+
+def test_the_threshold_follows_the_groups_alpha_quantile_with_one_sample_per_step():
+    torch.manual_seed(0)
+    dro = GroupDRO(n_groups=1, alpha=0.2, eta=0.0, tau_lr=0.01)
+    for _ in range(6000):
+        dro(torch.rand(1), torch.zeros(1))           # uniform [0, 1): the 0.2-tail starts at 0.8
+    assert dro.tau[0].item() == pytest.approx(0.8, abs=0.05)
+    for _ in range(6000):
+        dro(0.5 * torch.rand(1), torch.zeros(1))     # losses fall: the threshold follows them down
+    assert dro.tau[0].item() == pytest.approx(0.4, abs=0.05)
 
 
 def test_weights_move_toward_the_group_with_the_larger_loss():
-    dro = GroupDRO(n_groups=2, alpha=0.5, eta=0.1, history=0)
-    losses = torch.tensor([0.2, 0.4, 1.0, 3.0])   # group 0: tail 0.4; group 1: tail 3.0
+    dro = GroupDRO(n_groups=2, alpha=0.5, eta=0.1)
+    losses = torch.tensor([0.2, 0.4, 1.0, 3.0])   # first batch: group 0 tail 0.4, group 1 tail 3.0
     groups = torch.tensor([0, 0, 1, 1])
     loss = dro(losses, groups)
     q = torch.tensor([math.exp(0.1 * 0.4), math.exp(0.1 * 3.0)])
@@ -50,33 +66,22 @@ def test_weights_move_toward_the_group_with_the_larger_loss():
 
 
 def test_a_group_missing_from_the_batch_keeps_its_weight_ratio():
-    dro = GroupDRO(n_groups=3, alpha=1.0, eta=0.5, history=0)
+    dro = GroupDRO(n_groups=3, alpha=1.0, eta=0.5)
     loss = dro(torch.tensor([2.0, 4.0]), torch.tensor([1, 1]))
     assert loss.item() == pytest.approx(3.0)
     assert dro.q[0] == pytest.approx(dro.q[2]) and dro.q[1] > dro.q[0]
     assert math.isnan(dro.last_tail[0]) and dro.last_tail[1] == pytest.approx(3.0)
 
 
-def test_history_makes_the_tail_span_recent_batches():
-    dro = GroupDRO(n_groups=1, alpha=0.5, eta=0.0, history=4)
-    dro(torch.tensor([10.0, 10.0]), torch.tensor([0, 0]))
-    losses = torch.tensor([1.0, 2.0], requires_grad=True)
-    loss = dro(losses, torch.tensor([0, 0]))   # pool [1, 2, 10, 10]: the tail is the past
-    assert loss.item() == 0.0 and dro.last_tail[0] == pytest.approx(10.0)
-    loss.backward()
-    assert torch.equal(losses.grad, torch.zeros(2))
-    loss = dro(torch.tensor([20.0, 1.0]), torch.tensor([0, 0]))  # pool [20, 1, 1, 2, 10, 10] -> k = 3
-    assert loss.item() == pytest.approx(20.0) and dro.last_tail[0] == pytest.approx(40 / 3)
-
-
 def test_dro_state_travels_in_the_state_dict():
-    a = GroupDRO(n_groups=2, alpha=0.5, eta=0.2, history=3)
+    a = GroupDRO(n_groups=2, alpha=0.5, eta=0.2)
     a(torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0, 1, 1]))
-    b = GroupDRO(n_groups=2, alpha=0.5, eta=0.2, history=3)
+    b = GroupDRO(n_groups=2, alpha=0.5, eta=0.2)
     b.load_state_dict(a.state_dict())
     batch = (torch.tensor([3.0, 1.0]), torch.tensor([0, 1]))
     assert a(*batch).item() == b(*batch).item()
     torch.testing.assert_close(a.q, b.q)
+    torch.testing.assert_close(a.tau, b.tau)
 
 
 def test_bad_settings_and_groups_are_clear_errors():
