@@ -43,6 +43,7 @@ METHODS = {
     "plain_moe_dro_sex": "fairdro_sex_plain_moe.yaml",
     "fairdro_a05_sex": "fairdro_sex.yaml fairness.dro.alpha=0.5",  # a wider tail: more samples give gradient
     "dro_only_a05_sex": "fairdro_sex_dro_only.yaml fairness.dro.alpha=0.5",
+    "dro_a1_eta0_sex": "fairdro_sex_dro_only.yaml fairness.dro.alpha=1.0 fairness.dro.eta=0.0",  # = ERM on DRO's per-sample loss
     "dmoe_balanced_sex": "fairdro_sex_dmoe_only.yaml model.moe.balance_weight=0.01",  # load-balancing loss on
 }
 
