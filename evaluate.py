@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from data.atomic import atomic_write
 from data.errors import CaseError, format_failures
 
 
@@ -99,18 +100,12 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     return pd.DataFrame(rows), attributes, failures
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> None:
-    _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
 
 
 def open_out_dir(path: Path, overwrite: bool) -> Path:
@@ -151,7 +146,7 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
                    to_latex(shown, caption=f"{title}, by {attribute.name}. {summary_line(rep)}"))
         fig = group_boxplot(per_case, attribute.name, order=list(rep.audit.table.index.drop("all")),
                             title=f"{title}: Dice per case by {attribute.name}")
-        _atomic_write(out_dir / f"box_{attribute.name}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(out_dir / f"box_{attribute.name}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         if writer is not None:
             s = rep.audit.summary
             for key in ("sd", "ser", "es_dice", "worst", "gap"):
@@ -238,7 +233,8 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
         result = run_preprocessing(raw, cache, settings, metadata_path=metadata, progress=not args.no_progress)
         if result.failures:
             print(format_failures(result.failures), file=sys.stderr)
-        case_ids = load_case_table(cache).index.tolist()
+        table = load_case_table(cache)
+        case_ids = table.index.tolist()
     else:
         raw = Path(cfg["data"]["raw"]) if cfg["data"]["raw"] else None
         metadata = cfg["data"]["metadata"]
@@ -251,7 +247,6 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
                   "test figures are optimistic; last.pt is the unbiased one", file=sys.stderr)
     if load_cache_settings(cache) != settings:
         raise CaseError(str(cache), f"was preprocessed with other settings than {ckpt_path} was trained on")
-    table = load_case_table(cache)
     if args.cases:
         unknown = [c for c in args.cases if c not in table.index]
         if unknown:
@@ -282,7 +277,12 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
             record = records.get(case_id)
             net = WithGroup(model, routing[case_id]) if routing is not None else model
             pred_file = pred_dir / f"{case_id}.nii.gz"
-            _, cached_seg, props = load_preprocessed(cache, case_id)
+            image, cached_seg, props = load_preprocessed(cache, case_id)  # memory-mapped: read only if used
+
+            def predict():
+                return predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
+                                    mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
+
             if record is not None:
                 ref = read_volume(record.label_path, where=case_id)
                 ref_labels = scheme.apply(ref.array, where=case_id)
@@ -293,18 +293,12 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
                     labels = read_volume(pred_file, where=case_id).array.astype(np.uint8)
                     reused += 1
                 else:
-                    image, _, _ = load_preprocessed(cache, case_id)
-                    probs = predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
-                                         mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
-                    labels = to_original_geometry(probs, props, anisotropy_threshold=settings.anisotropy_threshold)
+                    labels = to_original_geometry(predict(), props, anisotropy_threshold=settings.anisotropy_threshold)
                     write_prediction(pred_file, labels, props, reference=ref)
                 dice = kits_case_dice(pred=labels, ref=ref_labels)
                 geometry = "original"
             else:
-                image, _, _ = load_preprocessed(cache, case_id)
-                probs = predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
-                                     mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
-                dice = kits_case_dice(pred=probs.argmax(0).numpy().astype(np.uint8), ref=np.asarray(cached_seg))
+                dice = kits_case_dice(pred=predict().argmax(0).numpy().astype(np.uint8), ref=np.asarray(cached_seg))
                 geometry = "preprocessed"
             rows.append({"case_id": case_id, **dice, "geometry": geometry,
                          **{name: col[case_id] for name, col in columns.items()}})
@@ -382,7 +376,7 @@ def run_per_case(run: Path, source: str) -> tuple[pd.DataFrame, str]:
 
 
 def cmd_compare(args) -> int:
-    from config import load_config
+    from config import load_config, yaml_load
     from data.groups import parse_attribute
     from data.preprocessing import PreprocessSettings, groups_from_table, load_case_table
     from fairness.audit import audit_groups
@@ -396,7 +390,7 @@ def cmd_compare(args) -> int:
         for run in find_runs(folder):
             per_case, label = run_per_case(run, args.source)
             sources.setdefault(label, []).append(str(run))
-            cfg = load_config(saved=_yaml(run / "config.yaml"))
+            cfg = load_config(saved=yaml_load(run / "config.yaml"))
             settings = PreprocessSettings.from_dict(cfg["data"]["preprocess"])
             for spec in args.group:
                 attribute = parse_attribute(spec, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges)
@@ -431,7 +425,7 @@ def cmd_compare(args) -> int:
               + (f"; fairest on it {fairest} (SD {table.loc[fairest, f'sd_{attr}']:.2f}, "
                  f"Dice {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
         fig = tradeoff_plot(table, attr)
-        _atomic_write(out / f"tradeoff_{attr}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(out / f"tradeoff_{attr}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         import matplotlib.pyplot as plt
         plt.close(fig)
     write_csv(table, out / "compare.csv")
@@ -440,10 +434,6 @@ def cmd_compare(args) -> int:
     print(f"\ntables and figures in {out}")
     return 0
 
-
-def _yaml(path: Path) -> dict:
-    from config import yaml_load
-    return yaml_load(path)
 
 
 def cmd_group_dice(args) -> int:

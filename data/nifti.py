@@ -14,7 +14,6 @@ Usage:
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
 
+from data.atomic import atomic_write
 from data.errors import CaseError
 
 
@@ -115,7 +115,5 @@ def write_volume(path, array: np.ndarray, affine: np.ndarray, header: nib.Nifti1
     img.set_data_dtype(np.asarray(array).dtype)
     if spacing is not None:
         img.header.set_zooms(tuple(float(s) for s in spacing))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.nii.gz" if path.name.endswith(".gz")
-                         else f".{path.name}.tmp{os.getpid()}.nii")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    # nibabel picks the format (and compression) from the extension, so the temporary keeps it
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=".nii.gz" if path.name.endswith(".gz") else ".nii")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.atomic import atomic_write, remove_stale_temporaries
 from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
@@ -134,15 +134,11 @@ def class_volumes_ml(labels: np.ndarray, spacing) -> dict[str, float]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, array), suffix=".npy")
 
 
 def _save_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def case_groups(meta: dict, settings: PreprocessSettings) -> dict:
@@ -308,28 +304,6 @@ def _worker(job):
     return _run_one(job)
 
 
-def remove_stale_temporaries(out_dir: Path) -> int:
-    """Delete temporary files left by writers that were killed (their process is gone)."""
-    removed = 0
-    for tmp in out_dir.glob(".*.tmp*"):
-        digits = re.match(r"\d+", tmp.name.split(".tmp", 1)[1])
-        if digits and _process_alive(int(digits.group())):
-            continue  # another live run is writing it
-        tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()  # our own leftovers (an earlier call that failed) are stale too
-
-
 def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers: int = 1,
                       metadata_path=None, cases: list[str] | None = None, overwrite: bool = False,
                       progress: bool = True) -> PreprocessResult:
@@ -366,9 +340,7 @@ def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers
     bar.close()
     result.rows.sort(key=lambda r: r["case_id"])
     if result.rows:
-        tmp = out_dir / f".{CASES_FILE}.tmp{os.getpid()}"
-        pd.DataFrame(result.rows).to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / CASES_FILE)
+        atomic_write(out_dir / CASES_FILE, lambda tmp: pd.DataFrame(result.rows).to_csv(tmp, index=False))
     result.seconds = time.time() - start
     return result
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from data.atomic import atomic_write
 from data.errors import CaseError
 
 STUDY_TEST_FRACTION = 50 / 210
@@ -92,9 +92,7 @@ def save_split(path, split: dict, *, overwrite: bool = False) -> None:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(split, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(split, indent=1) + "\n"))
 
 
 def load_split(path, *, known_cases=None) -> dict:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import zlib
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import atomic_write
 from data.errors import CaseError
 from data.nifti import kits_affine, read_volume, write_volume
 from data.synthetic_anatomy import LEFT, random_field, render_ct
@@ -78,11 +78,7 @@ def _case_number(case_id: str) -> int:
 
 def _write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def _merge_metadata(out_dir: Path, entries: list[dict]) -> None:
@@ -101,9 +97,7 @@ def _merge_metadata(out_dir: Path, entries: list[dict]) -> None:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -12,11 +12,12 @@ Usage:
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import torch
+
+from data.atomic import atomic_write, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 
@@ -37,14 +38,8 @@ def save_checkpoint(path, state: dict) -> None:
     leaves either the previous complete file or the new one, never a torn one. Leftover temporary
     files of writers that were killed are removed after a successful write."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp), fsync=True)
+    remove_stale_temporaries(path.parent, f".{path.name}.tmp*")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -1,0 +1,63 @@
+"""Atomic file writes: the one way fairkits writes a result file.
+
+A file is written under a temporary name beside its target (`.NAME.tmp<pid><suffix>`), optionally
+flushed to disk, then renamed over the target: a process killed at any moment leaves the previous
+complete file or the new one, never a torn one. Temporaries left by killed writers are removed
+by `remove_stale_temporaries` (only those whose process is gone: a live writer's are kept).
+
+Usage:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: np.save(tmp, array), suffix=".npy")     # np.save keeps the name
+    atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
+    remove_stale_temporaries(folder)                  # or pattern=".last.pt.tmp*"
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path, write: Callable[[Path], object], *, suffix: str = "", fsync: bool = False) -> Path:
+    """Call write(tmp) on a temporary path beside `path`, then rename it to `path`.
+
+    `suffix` ends the temporary name, for writers that choose a format by extension (".npy",
+    ".nii.gz"); `fsync` flushes the file to disk before the rename (checkpoints: days of work).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except Exception:
+        tmp.unlink(missing_ok=True)  # a writer that failed (not one that was killed) cleans up
+        raise
+    return path
+
+
+def remove_stale_temporaries(folder, pattern: str = ".*.tmp*") -> int:
+    """Delete temporaries in `folder` left by writers that were killed; returns how many."""
+    removed = 0
+    for tmp in Path(folder).glob(pattern):
+        digits = re.match(r"\d+", tmp.name.split(".tmp", 1)[1])
+        if digits and _process_alive(int(digits.group())):
+            continue  # another live process is writing it
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (a write that was interrupted) are stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
