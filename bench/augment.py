@@ -53,9 +53,7 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,9 +63,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import BUSY_WARN_CORES, cpu_seconds, emit, run_step, thread_env, verdict, write_json  # noqa: E402
+
 THROUGHPUT_TARGET = 2.0   # ours / MONAI patches per second
-BUSY_WARN_CORES = 0.25    # other processes' average CPU use above which the timings are flagged
-RESULT_TAG = "BENCH_RESULT "
 BENCH_FORMAT = 1          # bump when the workdir's contents change meaning (a kept workdir is then redone)
 PROCEDURAL_TARGET = (115, 210, 240)   # aimed-at preprocessed size (after the body crop) of the fallback case
 FIRINGS = ("zoom", "noise", "smooth", "scale", "flip z", "flip y", "flip x")
@@ -76,17 +74,8 @@ FIRINGS = ("zoom", "noise", "smooth", "scale", "flip z", "flip y", "flip x")
 # ----------------------------------------------------------------------------------------------
 # helpers shared by parent and children
 
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every process of the machine has used since boot (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def kits_dir() -> Path | None:
@@ -109,8 +98,6 @@ def median_case(root: Path, target_spacing) -> tuple[str, dict[str, list[int]]]:
     return ranked[len(ranked) // 2], sizes
 
 
-def emit(result: dict) -> None:
-    print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 def _setup_threads(threads: int):
@@ -389,33 +376,11 @@ def child_monai_parts(work: Path, threads: int, case_id: str, patch, n: int, see
 # parent
 
 def run_child(args, step: str, extra: list[str]) -> dict:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[var] = str(args.threads)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--workdir", str(args.workdir),
            "--threads", str(args.threads), "--seed", str(args.seed), *extra]
-    # Other processes' CPU use while the child ran = machine-wide busy time - the child's - ours.
-    busy0, kids0, self0 = machine_busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-    wall0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
-    wall = time.perf_counter() - wall0
-    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
-    others = max(0.0, machine_busy_seconds() - busy0 - child_cpu - (time.process_time() - self0))
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
-        else:
-            print(line)
-    if proc.returncode != 0 or result is None:
-        raise SystemExit(f"error: step {step} failed (exit {proc.returncode}); see its output above")
-    result["other_processes_cores"] = others / wall if wall > 0 else 0.0
-    return result
+    return run_step(cmd, thread_env(args.threads), step)
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def expected_ms(parts: dict, probs: dict, side: str) -> float:
@@ -682,9 +647,7 @@ def bench(args, kits: Path | None, patch) -> int:
     figures["pass"] = ok
     print(f"overall: {verdict(ok)}" if checks else "overall: (ours only, no target checked)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"figures -> {args.json}")
+        write_json(args.json, figures)
     return 0 if ok else 1
 
 

@@ -56,9 +56,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -67,38 +65,22 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import BUSY_WARN_CORES, cpu_seconds, loadavg, machine_busy_seconds, verdict, write_json  # noqa: E402
+
 RATIO_TARGET = 1.0
 OUTPUT_TOL = 1e-4          # max abs difference of the probabilities, same tiles and weights
-BUSY_WARN_CORES = 0.25     # other processes' average CPU use above which the timings are flagged
 SIGMA_SCALE = 0.125        # nnU-Net's and MONAI's default: sigma = patch / 8
 DEFAULT_SHAPE = (120, 240, 240)
 CPU_PATCH, CUDA_PATCH = (48, 96, 96), (80, 160, 160)
 CPU_FEATURES, CUDA_FEATURES = (8, 64), (32, 320)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every process of the machine has used since boot (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as fh:
-            return " ".join(fh.read().split()[:3])
-    except OSError:
-        return "?"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def fmt(xs) -> str:
@@ -355,9 +337,7 @@ def main(argv=None) -> int:
                    "loadavg_end": loadavg(), "peak_memory_bytes": timer.peak or None,
                    "targets": {"ratio": RATIO_TARGET, "max_abs_diff": OUTPUT_TOL},
                    "pass": {"time": ok_time, "outputs": ok_out, "overall": ok}}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"figures -> {args.json}")
+        write_json(args.json, figures)
     return 0 if ok else 1
 
 

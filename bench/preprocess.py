@@ -52,7 +52,6 @@ import math
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,11 +61,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import BUSY_WARN_CORES, emit, run_step, thread_env, verdict, write_json  # noqa: E402
+
 TIME_TARGET = 0.5
 MEMORY_TARGET = 3.0
 AGREEMENT_TARGET = 0.98
-BUSY_WARN_CORES = 0.25   # other processes' average CPU use above which the timings are flagged
-RESULT_TAG = "BENCH_RESULT "
 GIB = 1024 ** 3
 BENCH_FORMAT = 2  # bump when the workdir's contents change meaning (a kept workdir is then redone)
 
@@ -96,12 +95,6 @@ def cpu_clock() -> tuple[float, float]:
     return ru.ru_utime + ru.ru_stime, steal
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every process of the machine has used since boot (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def maxrss_bytes() -> int:
@@ -133,8 +126,6 @@ def dice(a, b) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def emit(result: dict) -> None:
-    print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,37 +317,15 @@ def child_nnunet_resample(work: Path, threads: int) -> None:
 # parent
 
 def run_child(args, step: str, extra: list[str], threads: int) -> dict:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[var] = str(threads)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--workdir", str(args.workdir),
            "--threads", str(threads), *extra]
-    # Other processes' CPU use while the child ran = machine-wide busy time - the child's - ours.
-    busy0, kids0, self0 = machine_busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-    wall0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
-    wall = time.perf_counter() - wall0
-    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
-    others = max(0.0, machine_busy_seconds() - busy0 - child_cpu - (time.process_time() - self0))
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
-        else:
-            print(line)
-    if proc.returncode != 0 or result is None:
-        raise SystemExit(f"error: step {step} failed (exit {proc.returncode}); see its output above")
-    result["other_processes_cores"] = others / wall if wall > 0 else 0.0
-    return result
+    return run_step(cmd, thread_env(threads), step)
 
 
 def gib(n) -> str:
     return "-" if n is None else f"{n / GIB:.2f}"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def compare(work: Path) -> dict:
@@ -574,9 +543,7 @@ def bench(args, kits: Path, threads: int) -> int:
     figures["pass"] = ok
     print(f"overall: {verdict(ok)}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"figures -> {args.json}")
+        write_json(args.json, figures)
     return 0 if ok else 1
 
 

@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -54,23 +52,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import BUSY_WARN_CORES, cpu_seconds, machine_busy_seconds, verdict, write_json  # noqa: E402
+
 RATIO_TARGET = 1.0
-BUSY_WARN_CORES = 0.25    # other processes' average CPU use above which the timings are flagged
 EQUIVALENCE_TOL = 1e-4    # max abs difference of the outputs with shared weights (fp32)
 CPU_PATCH, CUDA_PATCH = (32, 64, 64), (80, 160, 160)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every process of the machine has used since boot (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def n_params(module) -> int:
@@ -269,8 +259,6 @@ def bootstrap_ratio(a: list[float], b: list[float], n: int = 2000, seed: int = 0
     return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def parse_args(argv=None):
@@ -465,9 +453,7 @@ def main(argv=None) -> int:
     figures["pass"] = ok
     print(f"overall: {verdict(ok)}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"figures -> {args.json}")
+        write_json(args.json, figures)
     return 0 if ok else 1
 
 
