@@ -9,6 +9,11 @@ builder (models/networks.py), which rejects misspellings itself.
 A config file may start with `base: other.yaml` (relative to the file): the base is loaded
 first and this file's sections are merged over it, so experiment configs stay a few lines.
 
+The `fairness` section says which mitigation a run uses (`fairness.method`) and holds one
+sub-section of settings per mitigation (mitigations/__init__.py lists them). Keys of earlier
+versions give a one-line error naming their new key (MOVED); configs saved by earlier versions
+(in checkpoints and run folders) are translated on load (upgrade_saved_config).
+
 Usage:
     cfg = load_config("configs/resm_sex.yaml", overrides=["train.epochs=2", "train.patch_size=[32,64,64]"])
     cfg["train"]["epochs"]
@@ -42,9 +47,7 @@ DEFAULTS = {
     },
     "model": {"name": "nnunet", "deep_supervision": True},
     "loss": {"name": "dice_ce", "dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5, "batch_dice": False},
-    "sampler": {"name": "uniform", "pos_ratio": 1.0, "neg_ratio": 1.0,
-                "target": "min",             # resm: min | max | mean cases per group
-                "redraw": True},             # resm: draw the resampled set anew every epoch
+    "sampler": {"pos_ratio": 1.0, "neg_ratio": 1.0},    # patch centres: foreground : background
     "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
               "schedule": "constant", "poly_exponent": 0.9, "grad_clip": 12.0},
     "train": {
@@ -68,26 +71,50 @@ DEFAULTS = {
     },
     "eval": {
         "every": 50,                    # epochs between validations
-        "criterion": "mean_dice",       # best.pt: highest validation mean Dice
         "overlap": 0.5,                 # sliding-window step 0.5 of the patch
         "mirror": False,                # test-time mirroring (all 8 flips)
         "tile_batch": 2,
         "max_cases": 0,                 # 0: every validation case
     },
     "fairness": {
-        "attribute": "sex",             # the group attribute mitigations act on (resm, stratified, fairmeta)
-        "method": "none",               # none | fairmeta | dro (in-processing; samplers are set in `sampler`)
-        "alpha": 1.0,                   # fairmeta: alpha * L_seg + beta * L_cls
-        "beta": 2.0,
-        "input": "softmax+image",       # fairmeta classifier input: softmax+image | image
-        "adversarial": False,           # fairmeta: reverse the gradient reaching the segmenter
-        "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
-        # dro (FairDRO's loss, fairness/dro.py): CVaR at level alpha inside each group (Rockafellar-
-        # Uryasev form, the group's threshold tracked with step tau_lr), group weights q_g *= exp(eta * L_g)
-        "dro": {"alpha": 0.2, "eta": 0.01, "tau_lr": 0.05},
+        "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)
+        # the mitigation(s), mitigations/__init__.py: none | resm | stratified | fairmeta | dmoe | dro,
+        # or a list ([dmoe, dro] is FairDRO); each reads its own section below
+        "method": "none",
+        "resm": {"target": "min",       # cases per group per epoch: min | max | mean of the group sizes
+                 "redraw": True},       # draw the resampled set anew every epoch (false: once)
+        "fairmeta": {
+            "seg_weight": 1.0,          # seg_weight * L_seg + cls_weight * L_cls (the study's alpha, beta)
+            "cls_weight": 2.0,
+            "input": "softmax+image",   # classifier input: softmax+image | image (the control)
+            "adversarial": False,       # reverse the gradient reaching the segmenter
+            "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
+        },
+        # FairDRO's dMoE: experts after these encoder stages (-1 = bottleneck), noisy top-k routers,
+        # one per group (router: group) or one for all (shared: the plain-MoE ablation)
+        "dmoe": {"stages": [-2, -1], "experts": 8, "top_k": 2, "hidden_ratio": 4, "router": "group",
+                 "noise": True, "balance_weight": 0.0},
+        # FairDRO's loss: CVaR at cvar_level inside each group (Rockafellar-Uryasev form, the group's
+        # threshold tracked with step tau_lr), group weights q_g *= exp(eta * L_g)
+        "dro": {"cvar_level": 0.2, "eta": 0.01, "tau_lr": 0.05},
     },
 }
 OPEN_SECTIONS = {"model"}
+EITHER_TYPE = {"fairness.method": (str, list)}   # one method or a list of them
+# keys of earlier versions: a config that still uses one is told where it went
+MOVED = {
+    "sampler.name": "fairness.method (resm, stratified; the uniform sampler is the default)",
+    "sampler.target": "fairness.resm.target",
+    "sampler.redraw": "fairness.resm.redraw",
+    "fairness.alpha": "fairness.fairmeta.seg_weight",
+    "fairness.beta": "fairness.fairmeta.cls_weight",
+    "fairness.input": "fairness.fairmeta.input",
+    "fairness.adversarial": "fairness.fairmeta.adversarial",
+    "fairness.classifier": "fairness.fairmeta.classifier",
+    "fairness.dro.alpha": "fairness.dro.cvar_level",
+    "model.moe": "fairness.dmoe (and add dmoe to fairness.method)",
+}
+REMOVED = {"eval.criterion": "it was never read: best.pt is the best validation mean Dice"}
 
 
 class ConfigError(ValueError):
@@ -98,6 +125,10 @@ def _merge(base: dict, over: dict, where: str, strict: bool) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
         path = f"{where}.{key}" if where else key
+        if strict and path in MOVED:
+            raise ConfigError(f"config key {path!r} is now {MOVED[path]}")
+        if strict and path in REMOVED:
+            raise ConfigError(f"config key {path!r} was removed ({REMOVED[path]}); delete it")
         if strict and key not in base:
             raise ConfigError(f"unknown config key {path!r}; valid keys in {where or 'the top level'}: "
                               f"{', '.join(sorted(base))}")
@@ -105,7 +136,10 @@ def _merge(base: dict, over: dict, where: str, strict: bool) -> dict:
             section_open = strict and path in OPEN_SECTIONS
             out[key] = _merge(base[key], value, path, strict and not section_open)
         else:
-            if strict:
+            if strict and path in EITHER_TYPE:
+                if not isinstance(value, EITHER_TYPE[path]):
+                    raise ConfigError(f"config key {path!r} expects a name or a list of names, got {value!r}")
+            elif strict:
                 _check_type(path, base[key], value)
             out[key] = copy.deepcopy(value)
     return out
@@ -168,7 +202,7 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
     """DEFAULTS <- file (with its bases) or a saved config (a checkpoint's) <- overrides; validated."""
     cfg = copy.deepcopy(DEFAULTS)
     if saved is not None:
-        cfg = _merge(cfg, saved, "", strict=True)
+        cfg = _merge(cfg, upgrade_saved_config(saved), "", strict=True)
     if path is not None:
         cfg = _merge(cfg, _read_yaml(Path(path).resolve()), "", strict=True)
     for text in overrides:
@@ -179,7 +213,52 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
         cfg = _merge(cfg, nested, "", strict=True)
     PreprocessSettings.from_dict(cfg["data"]["preprocess"])
     AugmentSettings.from_dict(cfg["train"]["augment"])
+    if "moe" in cfg["model"]:  # the model section is open (builder arguments), so checked here
+        raise ConfigError(f"config key 'model.moe' is now {MOVED['model.moe']}")
+    if isinstance(cfg["fairness"]["method"], list) and len(cfg["fairness"]["method"]) == 1:
+        cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
+    _check_methods(cfg["fairness"]["method"])
     return cfg
+
+
+def _check_methods(method) -> None:
+    from mitigations import method_names
+    try:
+        method_names(method)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A config saved by an earlier fairkits (checkpoints, run folders' config.yaml) in today's layout.
+
+    Before the mitigations package, a run's method was spread over sampler.name (resm,
+    stratified), fairness.method (fairmeta, dro) and model.moe, with the fair-meta weights as
+    fairness.alpha / beta and the DRO level as fairness.dro.alpha. Saved configs in that layout
+    are translated key by key (what the run did is unchanged); configs a user writes are not:
+    they get the one-line error of MOVED.
+    """
+    old_sampler = (saved.get("sampler") or {}).get("name")
+    if old_sampler is None and "moe" not in (saved.get("model") or {}):
+        return saved
+    s = copy.deepcopy(saved)
+    sampler, fair, model = s.setdefault("sampler", {}), s.setdefault("fairness", {}), s.setdefault("model", {})
+    methods = [sampler.pop("name", "uniform")]
+    resm = {k: sampler.pop(k) for k in ("target", "redraw") if k in sampler}
+    meta = {new: fair.pop(old) for old, new in (("alpha", "seg_weight"), ("beta", "cls_weight"), ("input", "input"),
+                                                ("adversarial", "adversarial"), ("classifier", "classifier"))
+            if old in fair}
+    moe = model.pop("moe", None)
+    if moe:
+        methods.append("dmoe")
+        fair["dmoe"] = {k: v for k, v in moe.items() if k not in ("attribute", "groups")}
+    methods.append(fair.pop("method", "none"))
+    if "alpha" in (fair.get("dro") or {}):
+        fair["dro"]["cvar_level"] = fair["dro"].pop("alpha")
+    names = [m for m in methods if m not in ("uniform", "none")]
+    fair.update(method=names if len(names) > 1 else (names[0] if names else "none"), resm=resm, fairmeta=meta)
+    s.get("eval", {}).pop("criterion", None)
+    return s
 
 
 def dump_config(cfg: dict) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.atomic import atomic_write
+from data.atomic import write_csv, write_figure, write_text
 from data.errors import CaseError, format_failures
 
 
@@ -100,14 +100,6 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     return pd.DataFrame(rows), attributes, failures
 
 
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> None:
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
-
-
 def open_out_dir(path: Path, overwrite: bool) -> Path:
     """A results folder: refused when it holds finished results, unless --overwrite."""
     if (path / "per_case.csv").exists() and not overwrite:
@@ -146,7 +138,7 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
                    to_latex(shown, caption=f"{title}, by {attribute.name}. {summary_line(rep)}"))
         fig = group_boxplot(per_case, attribute.name, order=list(rep.audit.table.index.drop("all")),
                             title=f"{title}: Dice per case by {attribute.name}")
-        atomic_write(out_dir / f"box_{attribute.name}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        write_figure(out_dir / f"box_{attribute.name}.png", fig)
         if writer is not None:
             s = rep.audit.summary
             for key in ("sd", "ser", "es_dice", "worst", "gap"):
@@ -191,25 +183,12 @@ def ckpt_out_dir(ckpt_path: Path, args, index: int, n: int) -> Path:
     return args.out if n == 1 else args.out / f"{index:02d}-{run_dir.name}-{name}"
 
 
-def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
-    """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
-    import numpy as np
-    from tqdm import tqdm
-
+def load_model(ckpt_path: Path, args):
+    """(checkpoint, its config, the network on the device in eval mode, the window options)."""
     from config import load_config
-    from data.groups import parse_attribute
-    from data.kits import scan_cohort
-    from data.labels import LabelScheme
-    from data.nifti import read_volume
-    from data.preprocessing import (PreprocessSettings, groups_from_table, load_cache_settings, load_case_table,
-                                    load_preprocessed, run_preprocessing)
-    from data.splits import load_split
-    from data.writeback import to_original_geometry, write_prediction
-    from fairness import kits_case_dice
+    from engine.runtime import amp_settings, pick_device
+    from engine.scoring import WindowOptions
     from models.checkpoint import load_checkpoint, model_from_checkpoint
-    from models.inference import predict_case
-    from models.routing import WithGroup, resolve_routing
-    from train import amp_settings, pick_device
 
     ckpt = load_checkpoint(ckpt_path)
     try:
@@ -218,18 +197,26 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
         raise ValueError(f"{ckpt_path}: its saved config does not fit this version of fairkits ({exc})") from None
     model = model_from_checkpoint(ckpt, where=str(ckpt_path))
     model.deep_supervision = False
-    device = pick_device(args.device, 0, False)
+    device = pick_device(args.device)
     amp_dtype, _ = amp_settings(args.amp, device)
     model.to(device).eval()
     ev = cfg["eval"]
-    overlap = ev["overlap"] if args.overlap is None else args.overlap
-    mirror = ev["mirror"] if args.mirror is None else args.mirror
-    tile_batch = args.tile_batch or ev["tile_batch"]
-    settings = PreprocessSettings.from_dict(cfg["data"]["preprocess"])
+    options = WindowOptions(patch_size=tuple(cfg["train"]["patch_size"]),
+                            overlap=ev["overlap"] if args.overlap is None else args.overlap,
+                            mirror=ev["mirror"] if args.mirror is None else args.mirror,
+                            tile_batch=args.tile_batch or ev["tile_batch"], device=device, amp_dtype=amp_dtype)
+    return ckpt, cfg, model, options
 
+
+def checkpoint_cases(ckpt_path: Path, cfg: dict, args, out_dir: Path):
+    """(cache, case table, case ids, raw folder, metadata) of what --ckpt evaluates."""
+    from data.cache import load_cache_settings, load_case_table
+    from data.preprocessing import PreprocessSettings, run_preprocessing
+    from data.splits import load_split
+
+    settings = PreprocessSettings.from_dict(cfg["data"]["preprocess"])
     if args.data is not None:  # another cohort, preprocessed the way the model was trained
-        raw, metadata = args.data, args.meta
-        cache = out_dir / "cache"
+        raw, metadata, cache = args.data, args.meta, out_dir / "cache"
         result = run_preprocessing(raw, cache, settings, metadata_path=metadata, progress=not args.no_progress)
         if result.failures:
             print(format_failures(result.failures), file=sys.stderr)
@@ -237,8 +224,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
         case_ids = table.index.tolist()
     else:
         raw = Path(cfg["data"]["raw"]) if cfg["data"]["raw"] else None
-        metadata = cfg["data"]["metadata"]
-        cache = Path(cfg["data"]["cache"])
+        metadata, cache = cfg["data"]["metadata"], Path(cfg["data"]["cache"])
         table = load_case_table(cache)
         split = load_split(cache / "splits.json", known_cases=table.index.tolist())
         case_ids = table.index.tolist() if args.split == "all" else split[args.split]
@@ -255,58 +241,57 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
             else list(args.cases)
     if not case_ids:
         raise CaseError(str(cache), f"no cases to evaluate (split {args.split!r} is empty)")
+    return cache, table, settings, case_ids, raw, metadata
+
+
+def original_records(raw, metadata, case_ids) -> dict:
+    """{case_id: CaseRecord} of the cases whose original label map is in the raw folder."""
+    from data.kits import scan_cohort
+
     records = {}
     if raw is not None and raw.is_dir():
         records = {r.case_id: r for r in scan_cohort(raw, metadata_path=metadata, cases=case_ids).records}
     if len(records) < len(case_ids):
         print(f"note: {len(case_ids) - len(records)} case(s) have no original label map under {raw}: scored "
               "in the preprocessed geometry and not written as NIfTI", file=sys.stderr)
-    # a dMoE model routes each case by its group, mapped exactly as in training (stored in the checkpoint)
-    _, routing = resolve_routing(ckpt.get("model_config", cfg["model"]), default_attribute=cfg["fairness"]["attribute"],
-                                 table=table, settings=settings)
+    return records
+
+
+def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
+    """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
+    from tqdm import tqdm
+
+    from data.cache import groups_from_table
+    from data.group_index import GroupIndex
+    from data.groups import parse_attribute
+    from data.labels import LabelScheme
+    from engine.scoring import CaseScorer
+
+    ckpt, cfg, model, options = load_model(ckpt_path, args)
+    cache, table, settings, case_ids, raw, metadata = checkpoint_cases(ckpt_path, cfg, args, out_dir)
+    records = original_records(raw, metadata, case_ids)
+    # each case routed by its group exactly as in training: the group index the checkpoint stores
+    index = None
+    if model.routes_by_group:
+        stored = ckpt.get("group_index") or {"attribute": cfg["fairness"]["attribute"]}
+        index = GroupIndex.from_table(table, settings, stored["attribute"], groups=stored.get("groups"))
+    scorer = CaseScorer(model, cache, options, index=index, anisotropy_threshold=settings.anisotropy_threshold)
     scheme = LabelScheme.parse(settings.label_scheme)
     attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
-
-    pred_dir = out_dir / "predictions"
-    rows, failures, reused = [], [], 0
+    rows, failures = [], []
     bar = tqdm(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", unit="case",
                disable=args.no_progress)
     for case_id in bar:
         try:
-            record = records.get(case_id)
-            net = WithGroup(model, routing[case_id]) if routing is not None else model
-            pred_file = pred_dir / f"{case_id}.nii.gz"
-            image, cached_seg, props = load_preprocessed(cache, case_id)  # memory-mapped: read only if used
-
-            def predict():
-                return predict_case(net, image, patch_size=cfg["train"]["patch_size"], overlap=overlap,
-                                    mirror=mirror, tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
-
-            if record is not None:
-                ref = read_volume(record.label_path, where=case_id)
-                ref_labels = scheme.apply(ref.array, where=case_id)
-                if tuple(ref_labels.shape) != tuple(props["original_shape"]):
-                    raise CaseError(case_id, f"label map {ref_labels.shape} is not the shape the cache recorded "
-                                    f"{tuple(props['original_shape'])}: cache and raw folder disagree")
-                if pred_file.is_file():  # written atomically: a file that exists is complete
-                    labels = read_volume(pred_file, where=case_id).array.astype(np.uint8)
-                    reused += 1
-                else:
-                    labels = to_original_geometry(predict(), props, anisotropy_threshold=settings.anisotropy_threshold)
-                    write_prediction(pred_file, labels, props, reference=ref)
-                dice = kits_case_dice(pred=labels, ref=ref_labels)
-                geometry = "original"
-            else:
-                dice = kits_case_dice(pred=predict().argmax(0).numpy().astype(np.uint8), ref=np.asarray(cached_seg))
-                geometry = "preprocessed"
-            rows.append({"case_id": case_id, **dice, "geometry": geometry,
-                         **{name: col[case_id] for name, col in columns.items()}})
-            bar.set_postfix_str(f"{case_id} mean Dice {dice['mean']:.3f}")
+            row = scorer.score(case_id, record=records.get(case_id), scheme=scheme, pred_dir=out_dir / "predictions")
+            rows.append({**row, **{name: col[case_id] for name, col in columns.items()}})
+            bar.set_postfix_str(f"{case_id} mean Dice {row['mean']:.3f}")
         except CaseError as exc:
             failures.append(exc)
-    if reused:
-        print(f"kept {reused} prediction(s) already in {pred_dir} (an earlier, interrupted evaluation)")
+    if scorer.reused:
+        print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
+              "evaluation)")
     return pd.DataFrame(rows), attributes, failures
 
 
@@ -378,7 +363,8 @@ def run_per_case(run: Path, source: str) -> tuple[pd.DataFrame, str]:
 def cmd_compare(args) -> int:
     from config import load_config, yaml_load
     from data.groups import parse_attribute
-    from data.preprocessing import PreprocessSettings, groups_from_table, load_case_table
+    from data.preprocessing import PreprocessSettings
+    from data.cache import groups_from_table, load_case_table
     from fairness.audit import audit_groups
     from fairness.figures import tradeoff_plot
     from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
@@ -425,7 +411,7 @@ def cmd_compare(args) -> int:
               + (f"; fairest on it {fairest} (SD {table.loc[fairest, f'sd_{attr}']:.2f}, "
                  f"Dice {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
         fig = tradeoff_plot(table, attr)
-        atomic_write(out / f"tradeoff_{attr}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        write_figure(out / f"tradeoff_{attr}.png", fig)
         import matplotlib.pyplot as plt
         plt.close(fig)
     write_csv(table, out / "compare.csv")

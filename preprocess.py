@@ -152,7 +152,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from data.preprocessing import groups_from_table, load_cache_settings, load_case_table
+    from data.cache import groups_from_table, load_cache_settings, load_case_table
     from data.splits import STUDY_TEST_FRACTION, make_split, save_split
     table = load_case_table(args.cache)
     stratify = None

@@ -10,6 +10,7 @@ Usage:
     atomic_write(path, lambda tmp: np.save(tmp, array), suffix=".npy")     # np.save keeps the name
     atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
     remove_stale_temporaries(folder)                  # or pattern=".last.pt.tmp*"
+    write_text(path, text); write_csv(frame, path, index=False); write_figure(path, fig)
 """
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def atomic_write(path, write: Callable[[Path], object], *, suffix: str = "", fsy
         tmp.unlink(missing_ok=True)  # a writer that failed (not one that was killed) cleans up
         raise
     return path
+
+
+def write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(frame, path, *, index: bool = True) -> Path:
+    """A pandas frame as CSV."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
+
+
+def write_figure(path, fig, *, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def remove_stale_temporaries(folder, pattern: str = ".*.tmp*") -> int:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.augment import Augmenter, AugmentSettings
-from data.preprocessing import load_arrays, load_preprocessed
+from data.cache import load_arrays, load_preprocessed
 
 
 def crop_window(shape, patch_size, centre) -> tuple[list[int], list[int]]:
@@ -49,9 +49,11 @@ def read_window(array: np.ndarray, starts, patch_size, fill=0) -> np.ndarray:
 
 class PatchDataset(Dataset):
     def __init__(self, cache_dir, case_ids, *, patch_size, augment: AugmentSettings | None = None,
-                 pos_ratio: float = 1.0, neg_ratio: float = 1.0):
+                 pos_ratio: float = 1.0, neg_ratio: float = 1.0, groups=None):
         self.cache_dir = cache_dir
         self.case_ids = list(case_ids)
+        # each case's position in the run's group index (data/group_index.py), carried by the batch
+        self.groups = list(groups) if groups is not None else [-1] * len(self.case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.augmenter = Augmenter(augment if augment is not None else AugmentSettings())
         if pos_ratio < 0 or neg_ratio < 0 or pos_ratio + neg_ratio == 0:
@@ -88,4 +90,4 @@ class PatchDataset(Dataset):
         image_patch = torch.from_numpy(read_window(image, starts, self.patch_size, fill=0.0))[None]
         label_patch = torch.from_numpy(read_window(label, starts, self.patch_size, fill=0).astype(np.int64))
         image_patch, label_patch = self.augmenter(image_patch, label_patch, rng)
-        return {"image": image_patch, "label": label_patch, "case": index}
+        return {"image": image_patch, "label": label_patch, "case": index, "group": self.groups[index]}

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.errors import CaseError, format_failures
-from data.preprocessing import (PreprocessSettings, groups_from_table, load_case_table, run_preprocessing,
-                                summary_line)
+from data.preprocessing import PreprocessSettings, run_preprocessing, summary_line
+from data.cache import groups_from_table, load_case_table
 from data.splits import load_split, make_split, save_split
 
 SPLIT_FILE = "splits.json"

@@ -21,7 +21,8 @@ complete exactly when CASE.json exists, so a killed run resumes where it stopped
 Usage:
     settings = PreprocessSettings()                       # the study's values
     result = run_preprocessing("raw/", "cache/", settings, workers=2)
-    image, seg, props = load_preprocessed("cache/", "case_00000")   # image memory-mapped
+
+The cache is read through data/cache.py (load_preprocessed, load_case_table, ...).
 """
 from __future__ import annotations
 
@@ -35,14 +36,13 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write, remove_stale_temporaries
+from data.cache import CASES_FILE, SETTINGS_FILE, is_complete
 from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
 from data.labels import LabelScheme
 from data.resample import resample_image, resample_labels, resampled_shape, separate_axis
 
-SETTINGS_FILE = "preprocess.json"
-CASES_FILE = "cases.csv"
 FORMAT_VERSION = 1
 
 
@@ -208,57 +208,6 @@ def summary_row(record: CaseRecord, props: dict, settings: PreprocessSettings) -
         "has_tumor": props["volumes_original"]["tumor_ml"] > 0,
     })
     return row
-
-
-def is_complete(out_dir, case_id: str) -> bool:
-    out_dir = Path(out_dir)
-    return all((out_dir / f"{case_id}{suffix}").is_file() for suffix in (".json", ".npy", "_seg.npy"))
-
-
-def load_arrays(cache_dir, case_id: str, *, mmap: bool = True):
-    """(image, labels) of one cached case, without parsing its properties (the per-patch path)."""
-    cache_dir = Path(cache_dir)
-    mode = "r" if mmap else None
-    return (np.load(cache_dir / f"{case_id}.npy", mmap_mode=mode),
-            np.load(cache_dir / f"{case_id}_seg.npy", mmap_mode=mode))
-
-
-def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
-    """(image, labels, properties) of one cached case; the arrays memory-mapped by default."""
-    cache_dir = Path(cache_dir)
-    if not is_complete(cache_dir, case_id):
-        raise CaseError(case_id, f"not (completely) preprocessed in {cache_dir}")
-    image, labels = load_arrays(cache_dir, case_id, mmap=mmap)
-    props = json.loads((cache_dir / f"{case_id}.json").read_text())
-    return image, labels, props
-
-
-def load_case_table(cache_dir) -> pd.DataFrame:
-    """cases.csv of a cache, indexed by case id."""
-    path = Path(cache_dir) / CASES_FILE
-    if not path.is_file():
-        raise CaseError(str(cache_dir), f"has no {CASES_FILE}; run `preprocess.py run` first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("case_id")
-
-
-def load_cache_settings(cache_dir) -> PreprocessSettings:
-    path = Path(cache_dir) / SETTINGS_FILE
-    if not path.is_file():
-        raise CaseError(str(cache_dir), f"has no {SETTINGS_FILE}; run `preprocess.py run` first")
-    return PreprocessSettings.from_dict(json.loads(path.read_text())["settings"])
-
-
-def groups_from_table(table: pd.DataFrame, spec: str, settings: PreprocessSettings) -> dict[str, str]:
-    """{case_id: group} for an attribute over sex, age and BMI (the fields cases.csv keeps)."""
-    attribute = parse_attribute(spec, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges)
-    groups = {}
-    for case_id, row in table.iterrows():
-        meta = {FIELDS["sex"]: row["sex"], FIELDS["age"]: row["age"], FIELDS["bmi"]: row["bmi"]}
-        try:
-            groups[case_id] = attribute.group_of(meta)
-        except GroupError as exc:
-            raise CaseError(case_id, f"cannot group by {spec!r}: {exc} (cases.csv holds sex, age and bmi)") from None
-    return groups
 
 
 def check_settings(out_dir: Path, settings: PreprocessSettings, *, overwrite: bool) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from data.atomic import atomic_write, remove_stale_temporaries
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: mitigation states under "mitigations", the run's "group_index"
 
 
 def git_commit() -> str:
@@ -54,6 +54,30 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a fairkits checkpoint (no config or model state)")
+    version = ckpt.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer fairkits (checkpoint format {version}, this version reads "
+                         f"up to {FORMAT_VERSION}); update fairkits to read it")
+    return upgrade_checkpoint(ckpt) if version < FORMAT_VERSION else ckpt
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """A format-1 checkpoint (before the mitigations package) in format 2, in memory.
+
+    Format 1 kept the fair-meta branch under "fairmeta" and the DRO state under "dro", had no
+    group index (the dMoE group list was in model_config.moe) and the config in the old layout
+    (translated by config.upgrade_saved_config). The weights are untouched.
+    """
+    from config import upgrade_saved_config
+
+    ckpt = dict(ckpt)
+    ckpt["config"] = upgrade_saved_config(ckpt["config"])
+    ckpt["mitigations"] = {name: ckpt.pop(name) for name in ("fairmeta", "dro") if name in ckpt}
+    moe = (ckpt.get("model_config") or {}).get("moe") or {}
+    if moe.get("groups"):
+        ckpt["group_index"] = {"attribute": moe.get("attribute") or ckpt["config"]["fairness"]["attribute"],
+                               "groups": list(moe["groups"])}
+    ckpt["format_version"] = FORMAT_VERSION
     return ckpt
 
 

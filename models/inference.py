@@ -113,25 +113,3 @@ def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool
     acc /= sums[0][:, None, None] * sums[1][None, :, None] * sums[2][None, None, :]
     crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + shape[a]) for a in range(3))
     return acc[(slice(None),) + crop].cpu()
-
-
-def score_cached_cases(model, cache_dir, case_ids, *, patch_size, overlap: float = 0.5, mirror: bool = False,
-                       tile_batch: int = 2, device="cpu", amp_dtype=None, keep=0):
-    """KiTS19 Dice of each cached case, predicted in the preprocessed geometry.
-
-    Returns (rows, kept): rows are {"case_id", "kidney", "tumor", "mean"}; kept holds
-    (case_id, image, label, prediction) of the first `keep` cases, for pictures.
-    """
-    from data.preprocessing import load_preprocessed
-    from fairness import kits_case_dice
-
-    rows, kept = [], []
-    for case_id in case_ids:
-        image, label, _ = load_preprocessed(cache_dir, case_id)
-        probs = predict_case(model, image, patch_size=patch_size, overlap=overlap, mirror=mirror,
-                             tile_batch=tile_batch, device=device, amp_dtype=amp_dtype)
-        pred = probs.argmax(0).to(torch.uint8).numpy()
-        rows.append({"case_id": case_id, **kits_case_dice(pred=pred, ref=np.asarray(label))})
-        if len(kept) < keep:
-            kept.append((case_id, np.asarray(image), np.asarray(label), pred))
-    return rows, kept

@@ -6,6 +6,7 @@ import torch
 
 import train
 from config import load_config
+from mitigations import method_names
 from tests.kits_fixtures import write_tiny_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def test_config_trains_one_epoch_on_tiny_data(path, cohort, capsys):
     sets = [f"data.raw={cohort / 'raw'}", f"data.cache={cohort / 'cache'}", f"train.out_dir={cohort / 'runs'}",
             "data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
             "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=4",
-            "train.workers=0", "eval.every=100", "fairness.classifier.growth_rate=4",
+            "train.workers=0", "eval.every=100", "fairness.fairmeta.classifier.growth_rate=4",
             "data.preprocess.target_spacing=[3.22,1.62,1.62]"]
     args = ["--config", str(path), "--name", path.stem, "--no-progress"]
     for s in sets:
@@ -40,15 +41,17 @@ def test_config_trains_one_epoch_on_tiny_data(path, cohort, capsys):
     out = capsys.readouterr().out
     ckpt = torch.load(cohort / "runs" / path.stem / "last.pt", weights_only=False)
     assert ckpt["config"]["model"]["name"] == cfg["model"]["name"]
-    assert ckpt["config"]["sampler"]["name"] == cfg["sampler"]["name"]
-    if cfg["sampler"]["name"] != "uniform":
-        assert f"sampler {cfg['sampler']['name']} by {cfg['fairness']['attribute']}: cases per group" in out
-    if cfg["fairness"]["method"] == "fairmeta":
-        assert "fairmeta" in ckpt and "fair meta-learning on" in out
-    if cfg["fairness"]["method"] == "dro":
-        assert "dro" in ckpt and "DRO loss over" in out
-    if cfg["model"].get("moe", {}).get("router") == "group":
-        assert "dMoE routed by" in out and ckpt["model_config"]["moe"]["groups"]
+    assert ckpt["config"]["fairness"]["method"] == cfg["fairness"]["method"]
+    assert ckpt["group_index"]["attribute"] == cfg["fairness"]["attribute"]
+    methods = method_names(cfg["fairness"]["method"])
+    for sampler in {"resm", "stratified"} & set(methods):
+        assert f"sampler {sampler} by {cfg['fairness']['attribute']}: cases per group" in out
+    if "fairmeta" in methods:
+        assert "fairmeta" in ckpt["mitigations"] and "fair meta-learning on" in out
+    if "dro" in methods:
+        assert "dro" in ckpt["mitigations"] and "DRO loss over" in out
+    if "dmoe" in methods and cfg["fairness"]["dmoe"]["router"] == "group":
+        assert "dMoE routed by" in out and ckpt["model_config"]["moe"]["groups"] == ckpt["group_index"]["groups"]
 
 
 def test_the_fairdro_configs_and_ablations_exist():
@@ -62,7 +65,7 @@ def test_fairdro_works_with_every_sampler(sampler, cohort, capsys):
     sets = [f"data.raw={cohort / 'raw'}", f"data.cache={cohort / 'cache'}", f"train.out_dir={cohort / 'runs'}",
             "data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
             "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2",
-            "train.workers=0", "eval.every=100", f"sampler.name={sampler}",
+            "train.workers=0", "eval.every=100", f"fairness.method=[{sampler}, dmoe, dro]",
             "data.preprocess.target_spacing=[3.22,1.62,1.62]"]
     args = ["--config", str(ROOT / "configs" / "fairdro_sex.yaml"), "--name", f"fairdro_{sampler}", "--no-progress"]
     for s in sets:
@@ -71,4 +74,4 @@ def test_fairdro_works_with_every_sampler(sampler, cohort, capsys):
     out = capsys.readouterr().out
     assert f"sampler {sampler} by sex" in out and "DRO loss over sex" in out
     ckpt = torch.load(cohort / "runs" / f"fairdro_{sampler}" / "last.pt", weights_only=False)
-    assert torch.isclose(ckpt["dro"]["q"].sum(), torch.tensor(1.0))
+    assert torch.isclose(ckpt["mitigations"]["dro"]["q"].sum(), torch.tensor(1.0))

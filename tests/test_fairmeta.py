@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fairness.meta import FairMetaBranch
+from mitigations.fairmeta import FairMetaBranch
 from models.densenet import DenseNet3d
 
 

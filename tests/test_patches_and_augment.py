@@ -6,7 +6,8 @@ import torch
 from data.augment import Augmenter, AugmentSettings, gaussian_smooth, zoom
 from data.patches import PatchDataset, crop_window, read_window
 from data.preprocessing import PreprocessSettings, run_preprocessing
-from data.samplers import build_sampler
+from mitigations import method_names
+from mitigations.samplers import ResampledSampler, StratifiedSampler, uniform_sampler
 from tests.kits_fixtures import write_tiny_cohort
 
 ALL_ON = AugmentSettings(zoom_p=1.0, noise_p=0.0, smooth_p=0.0, scale_p=1.0, flip_p=0.5)
@@ -89,7 +90,7 @@ def test_patches_are_a_function_of_their_seed(cache):
     a, b, c = ds[(1, 7)], ds[(1, 7)], ds[(1, 8)]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert not torch.equal(a["image"], c["image"])
-    sampler = build_sampler({"name": "uniform"}, n_cases=2, batch_size=2, seed=0)
+    sampler = uniform_sampler(n_cases=2, batch_size=2, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2)
     first = [batch["image"] for batch in loader]
     again = [batch["image"] for batch in loader]
@@ -98,17 +99,19 @@ def test_patches_are_a_function_of_their_seed(cache):
 
 
 def test_uniform_sampler_epochs_and_ranks():
-    sampler = build_sampler({"name": "uniform"}, n_cases=10, batch_size=4, seed=0)
+    sampler = uniform_sampler(n_cases=10, batch_size=4, seed=0)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 3
     assert sorted(i for b in batches for i, _ in b) == list(range(10))  # one pass over the cases
     sampler.set_epoch(1)
     assert [i for b in sampler for i, _ in b] != [i for b in batches for i, _ in b]
-    ranks = [list(build_sampler({"name": "uniform"}, n_cases=10, batch_size=4, seed=0, rank=r, world_size=2))
+    ranks = [list(uniform_sampler(n_cases=10, batch_size=4, seed=0, rank=r, world_size=2))
              for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 2
-    with pytest.raises(ValueError, match="unknown sampler 'balanced'; valid: uniform, resm, stratified"):
-        build_sampler({"name": "balanced"}, n_cases=10, batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="unknown fairness.method 'balanced'; valid: none, resm, stratified"):
+        method_names("balanced")
+    with pytest.raises(ValueError, match="combines two samplers"):
+        method_names(["resm", "stratified"])
 
 
 SEX = ["male"] * 7 + ["female"] * 3                      # 10 training cases
@@ -127,8 +130,7 @@ def count_groups(sampler, groups, epochs=1):
 
 @pytest.mark.parametrize("target, per_group", [("min", 3), ("max", 7), ("mean", 5)])
 def test_resm_gives_every_group_the_same_count_each_epoch(target, per_group):
-    sampler = build_sampler({"name": "resm", "target": target, "redraw": True}, n_cases=10, batch_size=2, seed=0,
-                            groups=SEX)
+    sampler = ResampledSampler(target=target, redraw=True, n_cases=10, batch_size=2, seed=0, groups=SEX)
     assert sampler.group_counts() == {"female": per_group, "male": per_group}
     for epoch in range(3):
         assert count_groups(sampler, SEX) == {"male": per_group, "female": per_group}
@@ -141,8 +143,8 @@ def test_resm_gives_every_group_the_same_count_each_epoch(target, per_group):
 
 
 def test_resm_fixed_set_and_seed_reproducibility():
-    make = lambda seed, redraw: build_sampler({"name": "resm", "target": "min", "redraw": redraw},  # noqa: E731
-                                              n_cases=10, batch_size=2, seed=seed, groups=SEX)
+    make = lambda seed, redraw: ResampledSampler(target="min", redraw=redraw,  # noqa: E731
+                                                 n_cases=10, batch_size=2, seed=seed, groups=SEX)
     fixed = make(0, False)
     males = []
     for epoch in range(3):
@@ -154,21 +156,21 @@ def test_resm_fixed_set_and_seed_reproducibility():
 
 
 def test_stratified_batches_are_exactly_balanced():
-    sampler = build_sampler({"name": "stratified"}, n_cases=14, batch_size=4, seed=0, groups=AGE)
+    sampler = StratifiedSampler(n_cases=14, batch_size=4, seed=0, groups=AGE)
     for epoch in range(3):
         sampler.set_epoch(epoch)
         batches = list(sampler)
         assert len(batches) == 4                            # ceil(14 / 4): one pass in batches
         for batch in batches:
             assert sorted(AGE[i] for i, _ in batch) == sorted(["[0,50)", "[50,60)", "[60,70)", ">=70"])
-    sex = build_sampler({"name": "stratified"}, n_cases=10, batch_size=4, seed=0, groups=SEX)
+    sex = StratifiedSampler(n_cases=10, batch_size=4, seed=0, groups=SEX)
     assert count_groups(sex, SEX, epochs=5) == {"male": 30, "female": 30}   # 3 batches x (2 + 2) x 5
     with pytest.raises(ValueError, match="batch size divisible by the 4 groups"):
-        build_sampler({"name": "stratified"}, n_cases=14, batch_size=6, seed=0, groups=AGE)
+        StratifiedSampler(n_cases=14, batch_size=6, seed=0, groups=AGE)
 
 
 def test_stratified_under_ddp_each_rank_stratified():
-    ranks = [build_sampler({"name": "stratified"}, n_cases=10, batch_size=2, seed=0, groups=SEX, rank=r,
+    ranks = [StratifiedSampler(n_cases=10, batch_size=2, seed=0, groups=SEX, rank=r,
                            world_size=2) for r in range(2)]
     for sampler in ranks:
         for batch in sampler:

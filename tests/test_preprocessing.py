@@ -7,7 +7,8 @@ import pytest
 
 import preprocess
 from data.errors import CaseError
-from data.preprocessing import PreprocessSettings, load_preprocessed, run_preprocessing
+from data.preprocessing import PreprocessSettings, run_preprocessing
+from data.cache import load_preprocessed
 from tests.kits_fixtures import write_tiny_cohort
 
 BODY = (40 - 101) / 76.9      # HU 40, normalised

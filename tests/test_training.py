@@ -87,7 +87,7 @@ def test_fairdro_trains_under_ddp(cohort):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stdout and "dMoE routed by sex" in result.stdout
     ckpt = torch.load(cohort / "runs" / "ddp_fairdro" / "last.pt", weights_only=False)
-    q = ckpt["dro"]["q"]
+    q = ckpt["mitigations"]["dro"]["q"]
     assert q.shape == (2,) and abs(float(q.sum()) - 1) < 1e-6 and not torch.allclose(q, torch.full((2,), 0.5))
 
 

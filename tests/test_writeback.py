@@ -8,7 +8,8 @@ import pytest
 from data.kits import load_case, scan_cohort
 from data.labels import LabelScheme
 from data.nifti import kits_affine, read_volume, write_volume
-from data.preprocessing import PreprocessSettings, body_box, load_preprocessed, run_preprocessing
+from data.preprocessing import PreprocessSettings, body_box, run_preprocessing
+from data.cache import load_preprocessed
 from data.resample import resample_labels, resampled_shape, separate_axis
 from data.writeback import labels_to_probs, to_original_geometry, write_prediction
 from fairness import kits_case_dice

@@ -23,16 +23,27 @@ The group of each sample reaches the model as an index tensor: `net(x, groups=id
 names and their order are part of the model config (`model.moe.groups`), so a checkpoint knows
 them and evaluation routes each case by its own metadata.
 
+In a run: `fairness.method: dmoe` (with dro: FairDRO) and `fairness.dmoe: {stages, experts, top_k,
+hidden_ratio, router, noise, balance_weight}`; the DMoERouting class at the end adds the layers
+to the network description (`moe`, with the run's group list, stored in the checkpoint) and
+passes each sample's group to the forward. The networks themselves (models/) only know that an
+encoder stage may be followed by a block taking `groups`.
+
 Usage:
     net = build_model({"name": "nnunet", "moe": {"stages": [-2, -1], "experts": 8, "top_k": 2,
                        "groups": ["male", "female"]}}, patch_size=(32, 64, 64))
     out = net(x, groups=torch.tensor([0, 1]))
+    WithGroup(net, 1)(x)            # one case's group for every tile (the sliding window)
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dataclasses import dataclass, field, fields
+
+from mitigations.base import Mitigation
 
 ROUTERS = ("group", "shared")
 
@@ -129,3 +140,85 @@ def resolve_stages(stages, n_stages: int) -> list[int]:
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"moe.stages names a stage twice: {list(stages)}")
     return sorted(resolved)
+
+
+@dataclass
+class MoESettings:
+    stages: list = field(default_factory=lambda: [-2, -1])
+    experts: int = 8
+    top_k: int = 2
+    hidden_ratio: int = 4
+    router: str = "group"
+    noise: bool = True
+    balance_weight: float = 0.0   # weight of the load-balancing loss in training (0: off)
+    attribute: str | None = None  # the grouping attribute (the run's group index); in the network description
+    groups: list | None = None    # group names in router order; in the network description
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MoESettings":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"fairness.dmoe has no option(s) {unknown}; valid: {', '.join(valid)}")
+        return cls(**values)
+
+
+def attach_moe(net, settings: MoESettings):
+    """Add a dMoE block after each of the listed encoder stages of a SegmentationNetwork."""
+    n_groups = 1
+    if settings.router == "group":
+        if not settings.groups:
+            raise ValueError("the dMoE network description has no groups: a group router needs the group names "
+                             "(train.py fills them in from the run's group index)")
+        n_groups = len(settings.groups)
+    for i in resolve_stages(settings.stages, len(net.encoder.features)):
+        net.encoder.moe[str(i)] = DMoE(net.encoder.features[i], n_groups=n_groups, experts=settings.experts,
+                                       top_k=settings.top_k, hidden_ratio=settings.hidden_ratio,
+                                       router=settings.router, noise=settings.noise)
+    return net
+
+
+class WithGroup(nn.Module):
+    """A group-routed network seen as x -> y for one case's group (every tile of a case shares it)."""
+
+    def __init__(self, net: nn.Module, group: int):
+        super().__init__()
+        self.net, self.group = net, int(group)
+
+    def forward(self, x):
+        return self.net(x, groups=torch.full((x.shape[0],), self.group, dtype=torch.long, device=x.device))
+
+
+class DMoERouting(Mitigation):
+    """fairness.method dmoe: dMoE layers in the network, each sample routed by its group."""
+    name = "dmoe"
+
+    def __init__(self, settings: dict, *, index):
+        super().__init__(settings, index=index)
+        MoESettings.from_dict(self.settings)
+        self.routed = self.settings["router"] == "group"
+        self.needs_groups = self.routed
+        self.balance_weight = self.settings["balance_weight"]
+
+    def describe(self) -> str:
+        if not self.routed:
+            return f"plain MoE (one shared router) after encoder stages {self.settings['stages']}"
+        return (f"dMoE routed by {self.index.attribute}: "
+                + ", ".join(f"{g} -> router {i}" for i, g in enumerate(self.index.groups)))
+
+    def network_config(self, model_cfg: dict) -> dict:
+        moe = dict(self.settings)
+        if self.routed:
+            moe.update(attribute=self.index.attribute, groups=list(self.index.groups))
+        return {**model_cfg, "moe": moe}
+
+    def forward_kwargs(self, group):
+        return {"groups": group} if self.routed else {}
+
+    def loss(self, loss, step):
+        if self.balance_weight:
+            loss = step.resolve(loss) + self.balance_weight * step.network.moe_aux_loss()
+        scalars = {}
+        if self.routed or self.balance_weight:
+            scalars["moe_balance_loss"] = step.network.moe_aux_loss().item()
+        return loss, scalars

@@ -32,14 +32,21 @@ Under DDP the values that update q and tau are averaged over the ranks that saw 
 every rank keeps the same q and tau.
 
 Usage:
-    dro = GroupDRO(n_groups=2, alpha=0.2, eta=0.01, tau_lr=0.05)
+    dro = GroupDRO(n_groups=2, cvar_level=0.2, eta=0.01, tau_lr=0.05)
     loss = dro(per_sample_losses, group_index)    # scalar; dro.q, dro.tau, dro.last_tail for logging
+
+In a run: `fairness.method: dro` with `fairness.dro: {cvar_level, eta, tau_lr}` (the DRO class at
+the end, the loss hook; with dMoE that is FairDRO).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from mitigations.base import Mitigation
 
 from fairness.tails import tail_size
 
@@ -57,17 +64,17 @@ def empirical_var(losses: torch.Tensor, alpha: float) -> float:
 
 
 class GroupDRO(nn.Module):
-    def __init__(self, n_groups: int, *, alpha: float = 0.2, eta: float = 0.01, tau_lr: float = 0.05):
+    def __init__(self, n_groups: int, *, cvar_level: float = 0.2, eta: float = 0.01, tau_lr: float = 0.05):
         super().__init__()
         if n_groups < 1:
             raise ValueError("GroupDRO needs at least one group")
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"fairness.dro.alpha must be in (0, 1], got {alpha}")
+        if not 0.0 < cvar_level <= 1.0:
+            raise ValueError(f"fairness.dro.cvar_level must be in (0, 1], got {cvar_level}")
         if eta < 0:
             raise ValueError(f"fairness.dro.eta must be >= 0, got {eta}")
         if tau_lr <= 0:
             raise ValueError(f"fairness.dro.tau_lr must be > 0, got {tau_lr}")
-        self.n_groups, self.alpha, self.eta, self.tau_lr = n_groups, float(alpha), float(eta), float(tau_lr)
+        self.n_groups, self.alpha, self.eta, self.tau_lr = n_groups, float(cvar_level), float(eta), float(tau_lr)
         # buffers: saved in checkpoints, so a resumed run continues with the same weights and thresholds
         self.register_buffer("q", torch.full((n_groups,), 1.0 / n_groups))
         self.register_buffer("tau", torch.zeros(n_groups))
@@ -122,3 +129,33 @@ class GroupDRO(nn.Module):
         local = [g for g in range(self.n_groups) if counts[g] > 0]
         total = sum(self.q[g] * counts[g] for g in local)
         return sum(self.q[g] * counts[g] / total * terms[g] for g in terms)
+
+
+class DRO(Mitigation):
+    """fairness.method dro: the per-sample losses aggregated by GroupDRO over the run's groups."""
+    name = "dro"
+    needs_groups = True
+    ranks_samples = True   # a class absent from a patch must not count as a failure there
+
+    def __init__(self, settings: dict, *, index):
+        super().__init__(settings, index=index)
+        GroupDRO(n_groups=len(index.groups), **self.settings)   # settings checked before any work
+
+    def build_module(self):
+        return GroupDRO(n_groups=len(self.index.groups), **self.settings)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"DRO loss over {self.index.attribute} ({', '.join(self.index.groups)}): CVaR{s['cvar_level']:g} "
+                f"within groups (threshold step {s['tau_lr']:g}), group weights eta {s['eta']:g}")
+
+    def loss(self, loss, step):
+        dro = self.module
+        loss = dro(step.per_sample, step.group)
+        scalars = {}
+        for i, g in enumerate(self.index.groups):
+            scalars[f"dro_q/{g}"] = dro.q[i].item()
+            if not math.isnan(dro.last_tail[i]):
+                scalars[f"dro_tail_loss/{g}"] = dro.last_tail[i].item()
+            scalars[f"dro_tau/{g}"] = dro.tau[i].item()
+        return loss, scalars

@@ -1,7 +1,7 @@
 """Fair meta-learning (in-processing): a classifier branch that predicts the sensitive attribute.
 
-Total loss = alpha * L_seg + beta * L_cls (SPEC §1; the study: alpha 1, beta 2 for sex, alpha 1,
-beta 1.5 for age). The classifier is a 3D DenseNet (models/densenet.py) that reads
+Total loss = seg_weight * L_seg + cls_weight * L_cls (SPEC §1's alpha and beta; the study: 1 and 2
+for sex, 1 and 1.5 for age). The classifier is a 3D DenseNet (models/densenet.py) that reads
 
     input "softmax+image"  the segmenter's softmax with the CT patch (default): L_cls reaches the
                            segmenter through its softmax, so the classification loss shapes it,
@@ -15,6 +15,9 @@ the adversarial debiasing the study's related work names.
 Usage:
     branch = FairMetaBranch(groups=["male", "female"], input="softmax+image", adversarial=False)
     l_cls, logits = branch(image, seg_logits, group_index)
+
+In a run: `fairness.method: fairmeta` with `fairness.fairmeta: {seg_weight, cls_weight, input,
+adversarial, classifier}` (the FairMeta class at the end: the branch, its parameters, the loss).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from mitigations.base import Mitigation
 from models.densenet import DenseNet3d
 
 INPUTS = ("softmax+image", "image")
@@ -59,3 +63,39 @@ class FairMetaBranch(nn.Module):
             x = torch.cat([image.float(), probs], dim=1)
         logits = self.classifier(x)
         return F.cross_entropy(logits, group_index), logits
+
+
+class FairMeta(Mitigation):
+    """fairness.method fairmeta: seg_weight * L_seg + cls_weight * L_cls of the classifier branch."""
+    name = "fairmeta"
+    needs_groups = True
+
+    def __init__(self, settings: dict, *, index):
+        super().__init__(settings, index=index)
+        s = self.settings
+        self.seg_weight, self.cls_weight = s["seg_weight"], s["cls_weight"]
+        if s["input"] not in INPUTS:
+            raise ValueError(f"unknown fairness.fairmeta.input {s['input']!r}; valid: {', '.join(INPUTS)}")
+
+    def build_module(self):
+        s = self.settings
+        return FairMetaBranch(groups=list(self.index.groups), input=s["input"], adversarial=s["adversarial"],
+                              **s["classifier"])
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"fair meta-learning on {self.index.attribute} ({', '.join(self.index.groups)}): {s['seg_weight']} * "
+                f"L_seg + {s['cls_weight']} * L_cls, classifier input {s['input']}"
+                + (", adversarial" if s["adversarial"] else ""))
+
+    def loss(self, loss, step):
+        seg = step.resolve(loss)
+        with torch.autocast(device_type=step.image.device.type, dtype=step.amp_dtype,
+                            enabled=step.amp_dtype is not None):
+            loss_cls, logits = self.call(step.image, step.full_resolution, step.group)
+        scalars = {"L_cls": loss_cls.item()}
+        hits = (logits.argmax(1) == step.group).float()
+        for i, g in enumerate(self.index.groups):
+            if (step.group == i).any():
+                scalars[f"cls_accuracy/{g}"] = hits[step.group == i].mean().item()
+        return self.seg_weight * seg + self.cls_weight * loss_cls, scalars

@@ -12,8 +12,11 @@ An epoch is one pass over the training cases in batches (SPEC §1): ceil(n / bat
     resm        RESM: each group resampled to the same number of cases (target min / max / mean)
     stratified  every batch holds the same number of cases from each group
 
+RESM and stratified batches are the study's pre-processing mitigations: mitigations/__init__.py
+lists them with the others, and their Mitigation classes (the `sampler` hook) are at the end.
+
 Usage:
-    sampler = build_sampler({"name": "uniform"}, n_cases=len(ds), batch_size=4, seed=0)
+    sampler = ResampledSampler(groups=group_per_case, target="min", n_cases=len(ds), batch_size=4, seed=0)
     sampler.set_epoch(epoch)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=2)
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from mitigations.base import Mitigation
 
 
 class EpochBatchSampler:
@@ -158,25 +163,36 @@ class StratifiedSampler(EpochBatchSampler):
         return order
 
 
-SAMPLERS = {"uniform": UniformSampler, "resm": ResampledSampler, "stratified": StratifiedSampler}
-PATCH_OPTIONS = ("pos_ratio", "neg_ratio")   # read by the dataset, not the sampler
-SAMPLER_OPTIONS = {"uniform": (), "resm": ("target", "redraw"), "stratified": ()}
+def uniform_sampler(*, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    """The baseline's sampler: a seeded permutation of the training cases each epoch."""
+    return UniformSampler(n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
 
 
-def build_sampler(cfg: dict, *, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                  groups=None):
-    """The sampler named in cfg; `groups` (one group label per case) is needed by resm/stratified."""
-    cfg = dict(cfg)
-    name = cfg.pop("name", "uniform")
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
-    options = {k: cfg.pop(k) for k in SAMPLER_OPTIONS[name] if k in cfg}
-    unused = sorted(k for k in cfg if k not in PATCH_OPTIONS and not any(k in o for o in SAMPLER_OPTIONS.values()))
-    if unused:
-        raise ValueError(f"sampler {name!r} has no option(s) {unused}")
-    common = dict(n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
-    if name != "uniform":
-        if groups is None or len(groups) != n_cases:
-            raise ValueError(f"sampler {name!r} needs one group per training case")
-        return SAMPLERS[name](groups=list(groups), **options, **common)
-    return SAMPLERS[name](**common)
+class _SamplerMitigation(Mitigation):
+    needs_groups = True
+    sampler_class = None
+
+    def sampler(self, *, case_ids, **common):
+        groups = [self.index.group_of(c) for c in case_ids]
+        try:
+            self.built = self.sampler_class(groups=groups, **self.settings, n_cases=len(case_ids), **common)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name} by {self.index.attribute}: {exc}") from None
+        return self.built
+
+    def describe(self) -> str:
+        counts = self.built.group_counts() if getattr(self, "built", None) else {}
+        return (f"sampler {self.name} by {self.index.attribute}: cases per group per epoch "
+                + ", ".join(f"{g} {n}" for g, n in counts.items()))
+
+
+class Resm(_SamplerMitigation):
+    """RESM (fairness.resm: target min | max | mean, redraw): each group resampled to one size."""
+    name = "resm"
+    sampler_class = ResampledSampler
+
+
+class Stratified(_SamplerMitigation):
+    """Stratified batches: every batch holds batch_size / n_groups cases of each group."""
+    name = "stratified"
+    sampler_class = StratifiedSampler

@@ -1,0 +1,12 @@
+"""The machinery train.py and evaluate.py share, one job per module.
+
+    runtime.py    distributed setup, device, mixed precision, seeds, unwrapping DDP
+    builders.py   loss, optimiser and schedule from the config (registries), name checks
+    rundata.py    a run's data: cache made ready, split, group columns, the run's group index
+    fit.py        the Trainer: network + mitigations + optimiser, the loop, checkpoints, validation
+    logging.py    TensorBoard: per-step losses, per-group audits, validation pictures
+    scoring.py    one scoring path for a case: predict, write back, score
+    runs.py       run folders, the "run finished" marker, --seeds / --sweep plans
+
+The entry scripts call these in phases; nothing here imports an entry script.
+"""

@@ -1,0 +1,102 @@
+"""Run folders: a new run's folder, the "run finished" marker, and the plan of a --seeds/--sweep batch.
+
+A run folder holds config.yaml, TensorBoard events, last.pt / best.pt and eval/. A run is
+finished exactly when eval/per_case.csv exists: it is written last, atomically, after every
+other test table, so a run killed while writing its tables is resumed by its batch, not skipped.
+
+Usage:
+    run_dir = new_run_dir(cfg, config_path, name)     # checked now, created later by create_run_dir
+    write_test_tables(run_dir / "eval", per_case, audits, log=print)
+    is_finished(run_dir)
+    plan = plan_batch(args.config, args.sweep, args.seeds, args.set, args.name)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import ConfigError, load_config, load_sweep, yaml_load
+from data.atomic import write_csv
+from engine.builders import check_choices
+
+FINISHED = Path("eval") / "per_case.csv"
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / FINISHED).is_file()
+
+
+def new_run_dir(cfg: dict, config_path, name) -> Path:
+    """The new run's folder, checked now (it must not exist and must be creatable) and made later,
+    once data and model are ready, so a run that fails to start leaves no empty folder behind."""
+    name = name or cfg["train"]["name"] or f"{Path(config_path).stem if config_path else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg["train"]["out_dir"]) / name
+    if run_dir.exists():
+        raise ConfigError(f"run folder {run_dir} exists; choose another --name or --resume it")
+    ancestor = run_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    problem = ("Not a directory" if not ancestor.is_dir()
+               else "Permission denied" if not os.access(ancestor, os.W_OK | os.X_OK) else None)
+    if problem:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({problem}); check train.out_dir")
+    return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"run folder {run_dir} appeared while this run was starting; choose another --name") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror or exc}); "
+                          "check train.out_dir") from None
+
+
+def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
+    """The group tables, then per_case.csv (the "finished" marker), each atomically."""
+    from fairness.audit import format_audit
+
+    eval_dir.mkdir(exist_ok=True)
+    for attr, audit in audits.items():
+        write_csv(audit.table, eval_dir / f"groups_{attr}.csv")
+        log(f"\ntest split, grouped by {attr}:\n{format_audit(audit)}")
+    write_csv(per_case, eval_dir / "per_case.csv", index=False)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str            # NAME/[ENTRY/]seedS
+    sets: list           # the --set overrides of this run
+    run_dir: Path
+    cfg: dict
+
+
+def plan_batch(config, sweep, seeds, sets, name) -> tuple[Path, str, list[PlannedRun]]:
+    """(config path, batch name, runs) of a --seeds / --sweep command; every config validated."""
+    if sweep is not None:
+        loaded = load_sweep(sweep)
+        config_path, entries = loaded.config, loaded.runs
+        if config is not None and Path(config).resolve() != config_path:
+            raise ConfigError(f"{sweep} names its own config ({config_path}); drop --config")
+        batch = name or Path(sweep).stem
+    else:
+        if config is None:
+            raise ConfigError("give --config FILE with --seeds")
+        config_path, entries = config, {"": []}
+        batch = name or Path(config).stem
+    plan = []
+    for entry, entry_sets in entries.items():
+        for seed in seeds or [None]:
+            run_sets = list(entry_sets) + list(sets) + ([f"train.seed={seed}"] if seed is not None else [])
+            cfg = load_config(config_path, run_sets)
+            check_choices(cfg)
+            run_name = "/".join(part for part in (batch, entry, f"seed{seed}" if seed is not None else "") if part)
+            plan.append(PlannedRun(run_name, run_sets, Path(cfg["train"]["out_dir"]) / run_name, cfg))
+    for run in plan:
+        saved = run.run_dir / "config.yaml"
+        if saved.is_file() and load_config(saved=yaml_load(saved)) != run.cfg:
+            raise ConfigError(f"{run.run_dir} holds a run with another config; choose another --name")
+    return config_path, batch, plan

@@ -1,0 +1,82 @@
+"""Where a run computes: distributed setup, the device, mixed precision, seeds.
+
+Used by train.py and evaluate.py alike (evaluate.py never imports train.py).
+
+Usage:
+    rank, world, distributed = setup_distributed()          # torchrun sets RANK; else (0, 1, False)
+    device = pick_device("auto", rank, distributed)          # cuda if available, else cpu
+    amp_dtype, use_scaler = amp_settings("auto", device)     # (None, False) on CPU
+    seed_everything(0)
+    net = unwrap(model)                                      # the module inside DDP / torch.compile
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from config import ConfigError
+
+
+def setup_distributed():
+    """(rank, world size, distributed?): a process group when launched by torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, False
+    if not dist.is_initialized():  # one process group serves every run of a --seeds / --sweep batch
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def pick_device(name: str, rank: int = 0, distributed: bool = False) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def amp_settings(mode: str, device: torch.device):
+    """(autocast dtype or None, whether a GradScaler is needed)."""
+    if device.type != "cuda" or mode == "off":
+        return None, False
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode not in ("bf16", "fp16"):
+        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {mode!r}")
+    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
+
+
+def autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def unwrap(model):
+    """The module itself, inside DistributedDataParallel and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def barrier(distributed: bool) -> None:
+    if distributed:
+        dist.barrier()

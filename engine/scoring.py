@@ -1,0 +1,92 @@
+"""One scoring path for a case: predict, write back, score. Training and evaluate.py both use it.
+
+Each cached case is predicted with the sliding window (models/inference.py) in the preprocessed
+geometry. With its original label map (a KiTS-layout raw folder) the prediction is written back
+to the original geometry (data/writeback.py), saved as NIfTI, and scored there, as KiTS19 does;
+without one (training's validation and test tables), it is scored in the preprocessed geometry
+against the cached labels. A network that routes by group (dMoE) sees each case through its own
+group's router, looked up in the run's group index.
+
+Usage:
+    scorer = CaseScorer(net, cache, options, index=group_index)
+    row = scorer.score("case_00003")                                   # preprocessed geometry
+    row = scorer.score("case_00003", record=rec, scheme=scheme, pred_dir=Path("preds"))   # original
+    rows, kept = scorer.score_many(case_ids, keep=2)                   # kept: pictures for TensorBoard
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.cache import load_preprocessed
+from data.errors import CaseError
+from data.nifti import read_volume
+from data.writeback import to_original_geometry, write_prediction
+from fairness import kits_case_dice
+from mitigations.dmoe import WithGroup
+from models.inference import predict_case
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """The sliding window's settings (eval section of a config, or evaluate.py's flags)."""
+    patch_size: tuple
+    overlap: float = 0.5
+    mirror: bool = False
+    tile_batch: int = 2
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+
+
+class CaseScorer:
+    def __init__(self, net, cache, options: WindowOptions, *, index=None, anisotropy_threshold: float = 3.0):
+        self.net, self.cache, self.options, self.index = net, Path(cache), options, index
+        self.anisotropy_threshold = anisotropy_threshold
+        self.reused = 0     # predictions found already written (an interrupted evaluation)
+
+    def network_for(self, case_id: str):
+        """The network as x -> y for this case: through its group's router when it routes by group."""
+        if not getattr(self.net, "routes_by_group", False):
+            return self.net
+        if self.index is None:
+            raise CaseError(case_id, "the network routes by group (dMoE) but the run has no group index")
+        return WithGroup(self.net, self.index.position(case_id))
+
+    def predict(self, case_id: str, image) -> torch.Tensor:
+        o = self.options
+        return predict_case(self.network_for(case_id), image, patch_size=o.patch_size, overlap=o.overlap,
+                            mirror=o.mirror, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
+
+    def score(self, case_id: str, *, record=None, scheme=None, pred_dir: Path | None = None, picture=None) -> dict:
+        """{"case_id", "kidney", "tumor", "mean", "geometry"}; `picture` (a list) gets the arrays."""
+        image, cached_seg, props = load_preprocessed(self.cache, case_id)  # memory-mapped: read only if used
+        if record is None:
+            pred = self.predict(case_id, image).argmax(0).to(torch.uint8).numpy()
+            if picture is not None:
+                picture.append((case_id, np.asarray(image), np.asarray(cached_seg), pred))
+            return {"case_id": case_id, **kits_case_dice(pred=pred, ref=np.asarray(cached_seg)),
+                    "geometry": "preprocessed"}
+        ref = read_volume(record.label_path, where=case_id)
+        ref_labels = scheme.apply(ref.array, where=case_id)
+        if tuple(ref_labels.shape) != tuple(props["original_shape"]):
+            raise CaseError(case_id, f"label map {ref_labels.shape} is not the shape the cache recorded "
+                            f"{tuple(props['original_shape'])}: cache and raw folder disagree")
+        pred_file = pred_dir / f"{case_id}.nii.gz"
+        if pred_file.is_file():  # written atomically: a file that exists is complete
+            labels = read_volume(pred_file, where=case_id).array.astype(np.uint8)
+            self.reused += 1
+        else:
+            labels = to_original_geometry(self.predict(case_id, image), props,
+                                          anisotropy_threshold=self.anisotropy_threshold)
+            write_prediction(pred_file, labels, props, reference=ref)
+        return {"case_id": case_id, **kits_case_dice(pred=labels, ref=ref_labels), "geometry": "original"}
+
+    def score_many(self, case_ids, *, keep: int = 0):
+        """Rows of every case in the preprocessed geometry, and pictures of the first `keep`."""
+        rows, kept = [], []
+        for case_id in case_ids:
+            rows.append(self.score(case_id, picture=kept if len(kept) < keep else None))
+        return rows, kept
