@@ -23,7 +23,7 @@ box_<attr>.png, and TensorBoard scalars and figures in the same folder; results 
 overwritten without --overwrite.
 
 Every table gives, per group, n and Dice kidney / tumor / mean with stratified bootstrap 95% CIs
-(cases resampled within groups, seeded: --n-boot, --seed), the worst-20% CVaR (--alpha), then SD
+(cases resampled within groups, seeded: --n-boot, --seed), the worst-20% CVaR (--cvar-level), then SD
 and SER with CIs, a rank test of the groups' per-case Dice (Mann-Whitney U for two groups,
 Kruskal-Wallis for more), ES-Dice, the worst group and the best-worst gap.
 
@@ -121,7 +121,7 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
 
     reports = {}
     for attribute in attributes:
-        rep = group_report(per_case, attribute.name, order=attribute.order, alpha=args.alpha,
+        rep = group_report(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
                            n_boot=args.n_boot, seed=args.seed)
         reports[attribute.name] = rep
         print(f"\n{title}, grouped by {attribute.name}:\n{format_report(rep)}")
@@ -384,7 +384,7 @@ def cmd_compare(args) -> int:
                     groups = groups_from_table(load_case_table(cfg["data"]["cache"]), spec, settings)
                     per_case[attribute.name] = per_case["case_id"].map(groups)
                 by_attr.setdefault(attribute.name, []).append(
-                    audit_groups(per_case, attribute.name, order=attribute.order, alpha=args.alpha))
+                    audit_groups(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level))
         name = folder.name if folder.name not in methods else str(folder)
         methods[name] = by_attr
     if len(sources) > 1:
@@ -471,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
                           "train, or an eval/ subfolder name such as best")
     st = parser.add_argument_group("statistics")
-    st.add_argument("--alpha", type=float, default=0.2, help="CVaR level: the worst fraction of a group (0.2)")
+    st.add_argument("--cvar-level", type=float, default=0.2,
+                    help="within-group tail: the CVaR of the worst fraction of a group's cases (0.2)")
+    st.add_argument("--alpha", type=float, help=argparse.SUPPRESS)  # the old name: refused with its new one
     st.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
     st.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
@@ -486,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.alpha is not None:
+        parser.error("--alpha is now --cvar-level (the within-group CVaR level)")
     modes = [m for m in ("ckpt", "compare", "pred", "group_dice") if getattr(args, m)]
     if len(modes) != 1:
         parser.error("give exactly one of --ckpt, --compare, --pred (with --gt) or --group-dice")

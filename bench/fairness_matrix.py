@@ -35,27 +35,25 @@ METHODS = {
     "resm_sex": "resm_sex.yaml",
     "stratified_sex": "stratified_sex.yaml",
     "fairmeta_sex": "fairmeta_sex.yaml",
-    "fairmeta_image_sex": "fairmeta_sex.yaml fairness.input=image",  # control: L_cls cannot reach the segmenter
-    "fairmeta_a2_b1_sex": "fairmeta_sex.yaml fairness.alpha=2.0 fairness.beta=1.0",  # the sweep's lightest L_cls
+    "fairmeta_image_sex": "fairmeta_sex.yaml fairness.fairmeta.input=image",  # control: L_cls cannot reach the segmenter
+    "fairmeta_a2_b1_sex": "fairmeta_sex.yaml fairness.fairmeta.seg_weight=2.0 fairness.fairmeta.cls_weight=1.0",  # the sweep's lightest L_cls
     "fairdro_sex": "fairdro_sex.yaml",
     "dmoe_only_sex": "fairdro_sex_dmoe_only.yaml",
     "dro_only_sex": "fairdro_sex_dro_only.yaml",
     "plain_moe_dro_sex": "fairdro_sex_plain_moe.yaml",
-    "fairdro_a05_sex": "fairdro_sex.yaml fairness.dro.alpha=0.5",  # a wider tail: more samples give gradient
-    "dro_only_a05_sex": "fairdro_sex_dro_only.yaml fairness.dro.alpha=0.5",
-    "dro_a1_eta0_sex": "fairdro_sex_dro_only.yaml fairness.dro.alpha=1.0 fairness.dro.eta=0.0",  # = ERM on DRO's per-sample loss
-    "dmoe_balanced_sex": "fairdro_sex_dmoe_only.yaml model.moe.balance_weight=0.01",  # load-balancing loss on
+    "fairdro_a05_sex": "fairdro_sex.yaml fairness.dro.cvar_level=0.5",  # a wider tail: more samples give gradient
+    "dro_only_a05_sex": "fairdro_sex_dro_only.yaml fairness.dro.cvar_level=0.5",
+    "dro_a1_eta0_sex": "fairdro_sex_dro_only.yaml fairness.dro.cvar_level=1.0 fairness.dro.eta=0.0",  # = ERM on DRO's per-sample loss
+    "dmoe_balanced_sex": "fairdro_sex_dmoe_only.yaml fairness.dmoe.balance_weight=0.01",  # load-balancing loss on
 }
 
 
 def mitigation_overrides(spec: str) -> list[str]:
-    """The sampler and fairness sections (and dMoE layers) of a study config, as --set overrides.
-    spec: "config.yaml [section.key=value ...]"."""
+    """The sampler and fairness sections (the mitigation and its settings) of a study config, as
+    --set overrides. spec: "config.yaml [section.key=value ...]"."""
     config_name, *extra = spec.split()
     cfg = load_config(ROOT / "configs" / config_name, extra)
     sets = [f"sampler.{k}={json.dumps(v)}" for k, v in cfg["sampler"].items()]
-    if cfg["model"].get("moe"):
-        sets.append(f"model.moe={json.dumps(cfg['model']['moe'])}")
     for k, v in cfg["fairness"].items():
         if isinstance(v, dict):
             sets += [f"fairness.{k}.{kk}={json.dumps(vv)}" for kk, vv in v.items()]

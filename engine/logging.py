@@ -34,7 +34,7 @@ def log_audits(writer, per_case: pd.DataFrame, groups_by_attr, orders, step: int
     """The group audit of each attribute (returned), and its group Dice, SD and SER in TensorBoard."""
     audits = {}
     for attr in groups_by_attr:
-        audit = audit_groups(per_case, attr, order=orders.get(attr), alpha=0.2)
+        audit = audit_groups(per_case, attr, order=orders.get(attr), cvar_level=0.2)
         audits[attr] = audit
         if writer is None:
             continue

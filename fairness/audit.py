@@ -5,7 +5,7 @@ caller reports the same numbers the same way: per group n and Dice kidney / tumo
 SD and SER (on the group mean Dice), ES-Dice, worst group, best-worst gap and each group's CVaR.
 
 Usage:
-    audit = audit_groups(per_case, group_col="sex", order=["male", "female"], alpha=0.2)
+    audit = audit_groups(per_case, group_col="sex", order=["male", "female"], cvar_level=0.2)
     print(format_audit(audit))          # Dice in %, like the study's tables
     audit.table, audit.summary, audit.cvar
 """
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from fairness.case_dice import METRICS
 from fairness.summary import fairness_summary
 from fairness.tables import ALL_ROW, group_table
 from fairness.tails import within_group_cvar
 
-METRICS = ("kidney", "tumor", "mean")
 
 
 @dataclass
@@ -30,11 +30,11 @@ class Audit:
     table: pd.DataFrame          # group_table: fractions in [0, 1]
     summary: dict                # fairness_summary of the group mean Dice (fractions)
     cvar: dict                   # group -> CVaR of per-case mean Dice (fractions)
-    alpha: float
+    cvar_level: float              # the within-group tail: CVaR of the worst cvar_level fraction
 
 
 def audit_groups(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
-                 alpha: float = 0.2) -> Audit:
+                 cvar_level: float = 0.2) -> Audit:
     table = group_table(per_case, group_col=group_col, metrics=METRICS, order=order)
     groups = table.drop(index=ALL_ROW)
     # Empty groups are normal in small test splits; the table shows them and format_audit says
@@ -42,29 +42,35 @@ def audit_groups(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hash
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = fairness_summary(groups["mean"].to_dict(), overall=table.loc[ALL_ROW, "mean"], scale="fraction")
-        tails = within_group_cvar(per_case, group_col=group_col, metric="mean", alpha=alpha,
+        tails = within_group_cvar(per_case, group_col=group_col, metric="mean", alpha=cvar_level,
                                   order=list(groups.index))
-    return Audit(group_col=group_col, table=table, summary=summary, cvar=tails, alpha=alpha)
+    return Audit(group_col=group_col, table=table, summary=summary, cvar=tails, cvar_level=cvar_level)
 
 
 def format_audit(audit: Audit) -> str:
     """The study's table: Dice in %, SD in Dice %, SER unitless."""
     pct = lambda v: f"{100 * v:6.1f}" if pd.notna(v) else "     -"  # noqa: E731
     lines = [f"{audit.group_col:<18} {'n':>4} {'kidney':>7} {'tumor':>7} {'mean':>7} "
-             f"{'CVaR' + str(int(round(audit.alpha * 100))):>7}"]
+             f"{'CVaR' + str(int(round(audit.cvar_level * 100))):>7}"]
     for group, row in audit.table.iterrows():
         tail = audit.cvar.get(group, float("nan")) if group != ALL_ROW else float("nan")
         lines.append(f"{str(group):<18} {int(row['n']):>4} {pct(row['kidney']):>7} {pct(row['tumor']):>7} "
                      f"{pct(row['mean']):>7} {pct(tail):>7}")
     s = audit.summary
-    excluded = int(audit.table.loc[ALL_ROW, "n_excluded_tumor"])
     lines.append(f"SD {100 * s['sd']:.2f}   SER {s['ser']:.2f}   ES-Dice {100 * s['es_dice']:.1f}   "
                  f"worst {s['worst_group']} {100 * s['worst']:.1f}   gap {100 * s['gap']:.1f}")
+    return "\n".join(lines + audit_footnotes(audit))
+
+
+def audit_footnotes(audit: Audit) -> list[str]:
+    """What a table's summary leaves out: groups with no scored case, cases without tumor Dice."""
+    notes = []
     missing = [str(g) for g, row in audit.table.drop(index=ALL_ROW).iterrows() if pd.isna(row["mean"])]
     if missing:
-        lines.append(f"(no scored cases in {', '.join(missing)}: SD, SER and ES-Dice are over the "
-                     f"{s['n_groups']} group(s) present)")
+        notes.append(f"(no scored cases in {', '.join(missing)}: SD, SER and ES-Dice are over the "
+                     f"{audit.summary['n_groups']} group(s) present)")
+    excluded = int(audit.table.loc[ALL_ROW, "n_excluded_tumor"])
     if excluded:
-        lines.append(f"({excluded} case(s) with no tumor in reference or prediction: tumor Dice excluded, "
+        notes.append(f"({excluded} case(s) with no tumor in reference or prediction: tumor Dice excluded, "
                      "see fairness.case_dice)")
-    return "\n".join(lines)
+    return notes

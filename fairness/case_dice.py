@@ -38,6 +38,8 @@ import numpy as np
 TUMOR_LABEL = 2
 
 
+METRICS = ("kidney", "tumor", "mean")   # the per-case columns kits_case_dice gives, in table order
+
 def _as_array(x, name: str) -> np.ndarray:
     """A numpy view of a numpy array or torch tensor, refusing non-integer data."""
     if hasattr(x, "detach"):  # torch.Tensor, recognised without importing torch here

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fairness.audit import METRICS, Audit, audit_groups
+from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
 from fairness.tables import ALL_ROW
 
@@ -43,8 +43,8 @@ class GroupReport:
 
 
 def group_report(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
-                 alpha: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> GroupReport:
-    audit = audit_groups(per_case, group_col, order=order, alpha=alpha)
+                 cvar_level: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> GroupReport:
+    audit = audit_groups(per_case, group_col, order=order, cvar_level=cvar_level)
     order = [g for g in audit.table.index if g != ALL_ROW]
     boot = bootstrap_audit(per_case, group_col, order=order, n_boot=n_boot, seed=seed, level=level)
     test = group_difference_test(per_case, group_col, metric="mean", order=order)
@@ -72,7 +72,7 @@ def format_report(rep: GroupReport) -> str:
     """Dice in %, SD in Dice %, SER unitless; intervals are the bootstrap's percentile ones."""
     a, b = rep.audit, rep.boot
     level = int(round(100 * b["level"]))
-    cvar_name = f"CVaR{int(round(a.alpha * 100))}"
+    cvar_name = f"CVaR{int(round(a.cvar_level * 100))}"
     lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:>6}"]
     for group, row in a.table.iterrows():
         cells = []
@@ -91,14 +91,7 @@ def format_report(rep: GroupReport) -> str:
     lines.append(f"ES-Dice {_pct(s['es_dice'], 0)}   worst {s['worst_group']} {_pct(s['worst'], 0)}   "
                  f"gap {_pct(s['gap'], 0)}   ({level}% bootstrap CIs, {b['n_boot']} resamples within groups, "
                  f"seed {b['seed']})")
-    missing = [str(g) for g, row in a.table.drop(index=ALL_ROW).iterrows() if pd.isna(row["mean"])]
-    if missing:
-        lines.append(f"(no scored cases in {', '.join(missing)}: SD, SER and ES-Dice are over the "
-                     f"{s['n_groups']} group(s) present)")
-    excluded = int(a.table.loc[ALL_ROW, "n_excluded_tumor"])
-    if excluded:
-        lines.append(f"({excluded} case(s) with no tumor in reference or prediction: tumor Dice excluded)")
-    return "\n".join(lines)
+    return "\n".join(lines + audit_footnotes(a))
 
 
 def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -106,7 +99,7 @@ def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     a, b = rep.audit, rep.boot
     groups = a.table.copy()
     groups = groups.join(b["groups"])
-    groups[f"cvar{int(round(a.alpha * 100))}"] = [a.cvar.get(g, math.nan) for g in groups.index]
+    groups[f"cvar{int(round(a.cvar_level * 100))}"] = [a.cvar.get(g, math.nan) for g in groups.index]
     groups.index.name = a.group_col
     s = a.summary
     rows = [("sd", s["sd"], *b["sd"]), ("ser", s["ser"], *b["ser"]), ("es_dice", s["es_dice"], math.nan, math.nan),

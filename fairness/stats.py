@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from fairness.case_dice import METRICS
 from fairness.grouping import group_order
 from fairness.tables import ALL_ROW
 
-METRICS = ("kidney", "tumor", "mean")
 
 
 # --- bootstrap -----------------------------------------------------------------------------

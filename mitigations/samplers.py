@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from config import ConfigError
 from mitigations.base import Mitigation
 
 
@@ -177,7 +178,7 @@ class _SamplerMitigation(Mitigation):
         try:
             self.built = self.sampler_class(groups=groups, **self.settings, n_cases=len(case_ids), **common)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.name} by {self.index.attribute}: {exc}") from None
+            raise ConfigError(f"sampler {self.name!r} by {self.index.attribute}: {exc}") from None
         return self.built
 
     def describe(self) -> str:

@@ -390,7 +390,12 @@ CONFIG_ERRORS = [
     ("unknown key", ["train.epoch=2"], "unknown config key 'train.epoch'; valid keys in train: amp, augment,"),
     ("wrong type", ["train.epochs=two"], "config key 'train.epochs' expects int, got 'two'"),
     ("unknown model", ["model.name=resnet"], "unknown model.name 'resnet'; valid: attention_unet, nnunet, unet, vnet"),
-    ("unknown sampler", ["sampler.name=balanced"], "unknown sampler.name 'balanced'; valid: resm, stratified, uniform"),
+    ("unknown method", ["fairness.method=balanced"],
+     "unknown fairness.method 'balanced'; valid: none, resm, stratified, dro, dmoe, fairmeta"),
+    ("moved key", ["sampler.name=resm"], "config key 'sampler.name' is now fairness.method (resm, stratified;"),
+    ("moved fair-meta weight", ["fairness.beta=1.5"], "config key 'fairness.beta' is now fairness.fairmeta.cls_weight"),
+    ("moved dMoE section", ["model.moe={router: shared}"], "config key 'model.moe' is now fairness.dmoe"),
+    ("removed key", ["eval.criterion=mean_dice"], "config key 'eval.criterion' was removed (it was never read"),
     ("unknown loss", ["loss.name=focal"], "unknown loss.name 'focal'; valid: dice_ce"),
 ]
 
@@ -414,7 +419,7 @@ def test_a_config_file_that_is_not_yaml(tmp_path):
 
 def test_a_batch_size_stratification_cannot_divide(corpus, tmp_path):
     with pytest.raises(ConfigError) as caught:
-        train.main(train_args(corpus, tmp_path, "strat", "sampler.name=stratified", "fairness.attribute=sex",
+        train.main(train_args(corpus, tmp_path, "strat", "fairness.method=stratified", "fairness.attribute=sex",
                               "train.batch_size=3"))
     assert str(caught.value) == ("sampler 'stratified' by sex: stratified batches need a batch size divisible by "
                                  "the 2 groups (female, male); got train.batch_size=3")

@@ -50,7 +50,7 @@ def test_bad_files(tmp_path):
         load_config(tmp_path / "list.yaml")
 
 
-def test_the_study_weight_sweeps_resolve_to_the_five_alpha_beta_pairs():
+def test_the_study_weight_sweeps_resolve_to_the_five_seg_cls_weight_pairs():
     from config import load_sweep
     for attr in ("sex", "age"):
         sweep = load_sweep(ROOT / "configs" / "sweeps" / f"fairmeta_weights_{attr}.yaml")
@@ -58,7 +58,8 @@ def test_the_study_weight_sweeps_resolve_to_the_five_alpha_beta_pairs():
         for sets in sweep.runs.values():
             cfg = load_config(sweep.config, sets)
             assert cfg["fairness"]["method"] == "fairmeta" and cfg["fairness"]["attribute"] == attr
-            pairs.add((cfg["fairness"]["alpha"], cfg["fairness"]["beta"]))
+            meta = cfg["fairness"]["fairmeta"]
+            pairs.add((meta["seg_weight"], meta["cls_weight"]))
         assert pairs == {(1, 2), (1.5, 1), (1, 1), (1, 1.5), (2, 1)}
 
 
@@ -68,3 +69,26 @@ def test_a_sweep_with_a_misspelled_key_fails_before_training(tmp_path):
     bad.write_text(f"config: {ROOT / 'configs' / 'fairmeta_sex.yaml'}\nruns:\n  x: {{fairness.betta: 2}}\n")
     with pytest.raises(ConfigError, match="run x: .*betta"):
         load_sweep(bad)
+
+
+def test_saved_configs_of_earlier_versions_are_translated_and_written_ones_name_the_new_key(tmp_path):
+    from config import upgrade_saved_config
+    old = {"sampler": {"name": "resm", "pos_ratio": 1.0, "neg_ratio": 1.0, "target": "mean", "redraw": False},
+           "model": {"name": "nnunet", "moe": {"stages": [-1], "router": "group", "attribute": "sex",
+                                              "groups": ["male", "female"]}},
+           "fairness": {"attribute": "sex", "method": "fairmeta", "alpha": 1.5, "beta": 1.0, "input": "image",
+                        "adversarial": True, "dro": {"alpha": 0.5, "eta": 0.0, "tau_lr": 0.05}},
+           "eval": {"every": 5, "criterion": "mean_dice"}}
+    cfg = load_config(saved=old)
+    fair = cfg["fairness"]
+    assert fair["method"] == ["resm", "dmoe", "fairmeta"]
+    assert fair["resm"] == {"target": "mean", "redraw": False}
+    assert fair["fairmeta"]["seg_weight"] == 1.5 and fair["fairmeta"]["cls_weight"] == 1.0
+    assert fair["fairmeta"]["input"] == "image" and fair["fairmeta"]["adversarial"] is True
+    assert fair["dmoe"]["stages"] == [-1] and fair["dro"]["cvar_level"] == 0.5
+    assert "moe" not in cfg["model"] and "criterion" not in cfg["eval"] and "name" not in cfg["sampler"]
+    assert upgrade_saved_config(cfg) == cfg          # today's layout passes through untouched
+    written = tmp_path / "old.yaml"
+    written.write_text("fairness:\n  method: dro\n  dro: {alpha: 0.5}\n")
+    with pytest.raises(ConfigError, match="^config key 'fairness.dro.alpha' is now fairness.dro.cvar_level$"):
+        load_config(written)

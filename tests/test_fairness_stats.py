@@ -257,7 +257,7 @@ def test_audit_figures_hand_computed(no_warnings):
         "tumor": [0.8, NAN, 0.6, 0.5, NAN],
         "mean": [0.85, 0.7, 0.7, 0.75, 0.6],
     })
-    figures = audit_figures(audit_groups(per_case, "sex", order=["male", "female"], alpha=0.5))
+    figures = audit_figures(audit_groups(per_case, "sex", order=["male", "female"], cvar_level=0.5))
     expected = {
         "kidney/male": 0.8, "tumor/male": 0.7, "mean/male": 0.75, "n/male": 3,
         "kidney/female": 0.8, "tumor/female": 0.5, "mean/female": 0.675, "n/female": 2,

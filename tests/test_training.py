@@ -121,3 +121,76 @@ def test_sweep_runs_each_entry_over_its_config(cohort, tmp_path):
     for entry, lr in (("slow", 0.001), ("fast", 0.01)):
         ckpt = torch.load(cohort / "runs" / "lr" / entry / "last.pt", weights_only=False)
         assert ckpt["config"]["optim"]["lr"] == lr
+
+
+def test_a_run_killed_while_writing_its_test_tables_is_resumed_by_its_batch(cohort, monkeypatch, capsys):
+    """eval/per_case.csv marks a run finished: it is written last, so a kill between the group
+    tables and it leaves a run that the re-issued batch resumes instead of skipping."""
+    import engine.runs
+
+    args = tiny_args(cohort, "torn", epochs=1) + ["--seeds", "0"]
+    real_write = engine.runs.write_csv
+    written = []
+
+    def killed_after_the_first_table(frame, path, **kw):
+        if written:  # the process dies here: what is on disk is what a SIGKILL would leave
+            raise KeyboardInterrupt
+        written.append(path.name)
+        return real_write(frame, path, **kw)
+
+    monkeypatch.setattr(engine.runs, "write_csv", killed_after_the_first_table)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    run = cohort / "runs" / "torn" / "seed0"
+    assert written == ["groups_sex.csv"] and (run / "last.pt").is_file()
+    assert not (run / "eval" / "per_case.csv").exists()
+    monkeypatch.setattr(engine.runs, "write_csv", real_write)
+    capsys.readouterr()
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 runs in torn: 0 finished, 1 to train" in out and "(resuming)" in out
+    assert len(pd.read_csv(run / "eval" / "per_case.csv")) == 2 and (run / "eval" / "groups_age.csv").is_file()
+
+
+def as_format_1(ckpt: dict) -> dict:
+    """The checkpoint as fairkits wrote it before the mitigations package (format 1): the method
+    spread over sampler.name / fairness.method / model.moe, alpha-named weights, states on top."""
+    old = {k: v for k, v in ckpt.items() if k not in ("mitigations", "group_index")}
+    cfg = {section: dict(values) for section, values in ckpt["config"].items()}
+    fair = cfg["fairness"]
+    meta, resm = fair.pop("fairmeta"), fair.pop("resm")
+    cfg["sampler"].update(name="uniform", **resm)
+    cfg["model"]["moe"] = dict(fair.pop("dmoe"))
+    dro = dict(fair["dro"])
+    dro["alpha"] = dro.pop("cvar_level")
+    fair.update(method="dro", dro=dro, alpha=meta["seg_weight"], beta=meta["cls_weight"], input=meta["input"],
+                adversarial=meta["adversarial"], classifier=meta["classifier"])
+    cfg["eval"]["criterion"] = "mean_dice"
+    old.update(config=cfg, format_version=1, **ckpt["mitigations"])
+    return old
+
+
+def test_a_checkpoint_from_before_the_mitigations_package_loads_evaluates_and_resumes(cohort, tmp_path, capsys):
+    import evaluate
+    from models.checkpoint import load_checkpoint
+
+    args = tiny_args(cohort, "fairdro_new", epochs=1)
+    args[args.index(str(ROOT / "configs" / "baseline_nnunet.yaml"))] = str(ROOT / "configs" / "fairdro_sex.yaml")
+    assert train.main(args) == 0
+    new = cohort / "runs" / "fairdro_new"
+    old = cohort / "runs" / "fairdro_old"
+    old.mkdir()
+    torch.save(as_format_1(torch.load(new / "last.pt", weights_only=False)), old / "last.pt")
+    upgraded = load_checkpoint(old / "last.pt")
+    assert upgraded["config"]["fairness"]["method"] == ["dmoe", "dro"]
+    assert upgraded["config"]["fairness"]["dro"]["cvar_level"] == 0.2
+    assert upgraded["group_index"] == {"attribute": "sex", "groups": ["male", "female"]}
+    assert torch.equal(upgraded["mitigations"]["dro"]["q"], load_checkpoint(new / "last.pt")["mitigations"]["dro"]["q"])
+    for run in (new, old):   # the same network, routed the same way: the same Dice on every case
+        assert evaluate.main(["--ckpt", str(run / "last.pt"), "--n-boot", "20", "--no-progress"]) == 0
+    a, b = (pd.read_csv(run / "eval" / "last" / "per_case.csv") for run in (new, old))
+    pd.testing.assert_frame_equal(a, b)
+    # and training continues from it (its config translated into today's keys)
+    assert train.main(["--resume", str(old), "--set", "train.epochs=2", "--no-progress"]) == 0
+    resumed = load_checkpoint(old / "last.pt")
+    assert resumed["format_version"] == 2 and resumed["epoch"] == 2 and "dro" in resumed["mitigations"]
