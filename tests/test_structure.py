@@ -1,0 +1,38 @@
+"""The shape the code promises (README's layout): entry points as short phases naming no mitigation."""
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = ("train.py", "evaluate.py", "preprocess.py")
+
+
+def functions(path: Path):
+    tree = ast.parse(path.read_text())
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+
+
+def test_train_names_no_mitigation():
+    from mitigations import MITIGATIONS
+    code = (ROOT / "train.py").read_text()
+    for name in [*MITIGATIONS, "moe", "GroupDRO", "FairMeta"]:
+        assert not re.search(rf"\b{name}\b", code, flags=re.IGNORECASE), f"train.py names {name}"
+
+
+def test_no_entry_point_is_imported_as_a_library():
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py")]:
+        if path.parent.name in ("tests", "bench") or path.name in ENTRY_POINTS:
+            continue
+        imported = {node.names[0].name if isinstance(node, ast.Import) else node.module
+                    for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, (ast.Import, ast.ImportFrom))}
+        assert not imported & {"train", "evaluate", "preprocess"}, f"{path.relative_to(ROOT)} imports an entry point"
+    evaluate = ast.parse((ROOT / "evaluate.py").read_text())
+    assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) and "train" in
+                   ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module]) for n in ast.walk(evaluate))
+
+
+def test_entry_point_functions_fit_on_a_screen():
+    for name in ("train.py", "evaluate.py"):
+        longest = max(functions(ROOT / name), key=lambda f: f[1])
+        assert longest[1] <= 80, f"{name}: {longest[0]} is {longest[1]} lines"
