@@ -5,9 +5,19 @@ Modules (each one job):
     errors         CaseError: the one-line, per-case error every reader raises
     labels         label schemes (KiTS19 {0,1,2}; mapping KiTS21/23's cyst label)
     kits           scan a KiTS-layout folder, read metadata and cases
+    atomic         the one way a result file is written (temporary name, rename)
     groups         grouping attributes (sex, age bins, BMI bins, intersections)
+    group_index    a run's group index: attribute, ordered groups, case -> position (in checkpoints)
     splits         seeded, optionally stratified train/val/test splits (splits.json)
     resample       the one resampler (nnU-Net's anisotropic rule)
-    preprocessing  the study's preprocessing order and the on-disk cache
-    synthetic      CT-like synthetic cohorts (procedural, or around real label maps)
+    preprocessing  the study's preprocessing order, writing the on-disk cache
+    cache          reading the cache: cases, case table, settings, group columns
+    synthetic      CT-like synthetic cohorts (procedural, or around real label maps);
+                   synthetic_anatomy paints the CT, one painter per organ
+    prepare        a run's data made ready: synthesise, preprocess, split, each once
+    patches        the training dataset: pos/neg crops, each batch item with its group
+    augment        the study's augmentations in torch
+    writeback      predictions back in the original geometry
+
+Samplers (uniform, RESM, stratified) are in mitigations/samplers.py.
 """

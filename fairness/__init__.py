@@ -1,5 +1,7 @@
 """Fairness metrics of fairkits: KiTS19 Dice per case, group tables, fairness summaries, tails.
 
+This package measures; what changes training (the mitigations) is in mitigations/.
+
 Modules (each one job):
     case_dice  per-case Dice, KiTS19's way (kidney = label > 0, tumor = label 2, nanmean)
     grouping   the one order in which groups are listed
@@ -8,6 +10,9 @@ Modules (each one job):
     tails      CVaR of per-case Dice within groups and for the worst group (FairDRO reporting)
     stats      bootstrap_audit (intervals of group Dice, SD, SER), group_difference_test (rank
                tests), audit_figures + aggregate_seeds (mean ± std over seeds, SD/SER per seed)
+    audit      audit_groups: one attribute's table, summary and CVaR; format_audit
+    report     the printed / Markdown / LaTeX tables with CIs, seed and method comparisons, Pareto
+    figures    box plots per group, the Dice-fairness trade-off
 
 Usage:
     from fairness import kits_case_dice, group_table, fairness_summary, worst_group_cvar
