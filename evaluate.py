@@ -8,6 +8,7 @@
     python evaluate.py --ckpt runs/resm_sex/seed*/best.pt --group sex
     # methods side by side (the study's Tables 2-4) and the Dice-fairness trade-off
     python evaluate.py --compare runs/baseline_nnunet runs/resm_sex runs/fairmeta_sex --group sex age
+    python evaluate.py --compare runs/baseline_nnunet runs/resm_sex --baseline baseline_nnunet   # paired Δ
     # audit predictions made by any tool (nnU-Net, MONAI, ours) against a KiTS-layout folder
     python evaluate.py --pred preds/ --gt ../shared/kits19 --meta ../shared/kits19/kits.json --group age
     # the fairness numbers of published group Dice (e.g. SPEC Table 1: SD 2.35, SER 1.42)
@@ -54,6 +55,14 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path:
     raise CaseError(case_id, f"no prediction in {pred_dir} ({case_id}.nii.gz or {case_id}/segmentation.nii.gz)")
 
 
+def _bmi(meta: dict) -> float:
+    from data.groups import FIELDS, GroupError, numeric_value
+    try:
+        return numeric_value(meta, FIELDS["bmi"])
+    except GroupError:
+        return float("nan")
+
+
 def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases=None, label_scheme="kits19",
                       group_specs=("sex",), age_edges=None, bmi_edges=None, progress=True):
     """Per-case Dice and group columns for every reference case that has a prediction."""
@@ -64,6 +73,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     from data.kits import load_case, scan_cohort
     from data.labels import LabelScheme
     from data.nifti import read_volume
+    from data.preprocessing import class_volumes_ml
     from fairness import kits_case_dice
 
     scheme = LabelScheme.parse(label_scheme)
@@ -89,7 +99,8 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
                                 f"{record.label_path.name} (orientation or origin): predictions must be in the "
                                 "original geometry")
             pred_labels = scheme.apply(pred.array, where=f"{record.case_id} prediction")
-            row = {"case_id": record.case_id, **kits_case_dice(pred=pred_labels, ref=ref.labels)}
+            row = {"case_id": record.case_id, **kits_case_dice(pred=pred_labels, ref=ref.labels),
+                   **class_volumes_ml(ref.labels, ref.spacing), "bmi": _bmi(record.meta)}
             for attribute in attributes:
                 row[attribute.name] = attribute.group_of(record.meta)
             rows.append(row)
@@ -144,6 +155,8 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
             for key in ("sd", "ser", "es_dice", "worst", "gap"):
                 writer.add_scalar(f"eval/{attribute.name}/{key}", s[key], 0)
             writer.add_scalar(f"eval/{attribute.name}/p_value", rep.test["p"], 0)
+            for key in ("sd_p", "ser_p", "gap_p", "mdg80", "gap_adjusted"):
+                writer.add_scalar(f"eval/{attribute.name}/{key}", rep.audit.significance[key], 0)
             for group, row in rep.audit.table.iterrows():
                 writer.add_scalar(f"eval/{attribute.name}/mean_dice/{group}", row["mean"], 0)
             writer.add_figure(f"eval/{attribute.name}/box", fig, 0)
@@ -261,7 +274,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
     from tqdm import tqdm
 
-    from data.cache import groups_from_table
+    from data.cache import groups_from_table, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
     from data.labels import LabelScheme
@@ -292,7 +305,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if scorer.reused:
         print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
               "evaluation)")
-    return pd.DataFrame(rows), attributes, failures
+    return with_covariates(pd.DataFrame(rows), table), attributes, failures
 
 
 def cmd_ckpt(args) -> int:
@@ -360,19 +373,17 @@ def run_per_case(run: Path, source: str) -> tuple[pd.DataFrame, str]:
     raise CaseError(str(run), f"has no test results ({', '.join(str(p) for _, p in candidates)})")
 
 
-def cmd_compare(args) -> int:
+def load_methods(args):
+    """({method: {attribute: [Audit per run]}}, {method: [per-case frame per run]}, attribute orders)."""
     from config import load_config, yaml_load
+    from data.cache import groups_from_table, load_case_table
     from data.groups import parse_attribute
     from data.preprocessing import PreprocessSettings
-    from data.cache import groups_from_table, load_case_table
     from fairness.audit import audit_groups
-    from fairness.figures import tradeoff_plot
-    from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
 
-    methods, sources = {}, {}
-    for folder in args.compare:
-        folder = Path(folder)
-        by_attr = {}
+    methods, frames, orders, sources = {}, {}, {}, {}
+    for folder in map(Path, args.compare):
+        by_attr, runs = {}, []
         for run in find_runs(folder):
             per_case, label = run_per_case(run, args.source)
             sources.setdefault(label, []).append(str(run))
@@ -383,21 +394,59 @@ def cmd_compare(args) -> int:
                 if attribute.name not in per_case.columns:  # e.g. an intersection not in the run's groups
                     groups = groups_from_table(load_case_table(cfg["data"]["cache"]), spec, settings)
                     per_case[attribute.name] = per_case["case_id"].map(groups)
+                orders[attribute.name] = attribute.order
                 by_attr.setdefault(attribute.name, []).append(
                     audit_groups(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level))
+            runs.append(per_case)
         name = folder.name if folder.name not in methods else str(folder)
-        methods[name] = by_attr
+        methods[name], frames[name] = by_attr, runs
     if len(sources) > 1:
         print("warning: runs were scored differently: " + "; ".join(f"{k}: {len(v)} run(s)" for k, v in sources.items())
               + " (evaluate each with --ckpt for a like-for-like table)", file=sys.stderr)
-    table = compare_table(methods)
-    shown = compare_display(table)
+    return methods, frames, orders
+
+
+def compare_out_dir(args) -> Path:
     out = args.out or Path(os.path.commonpath([Path(f).resolve() for f in args.compare])) / "compare"
     if len(args.compare) == 1:
         out = args.out or Path(args.compare[0]) / "compare"
     if (out / "compare.csv").exists() and not args.overwrite:
         raise CaseError(str(out), "holds a comparison (compare.csv); pass --overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def paired_columns(table: pd.DataFrame, frames: dict, orders: dict, args) -> pd.DataFrame:
+    """Δ against --baseline per method and attribute (fairness/paired.py), Holm over the table."""
+    from fairness.paired import holm, paired_delta
+    from fairness.report import paired_display
+
+    if args.baseline not in frames:
+        raise CaseError(args.baseline, f"--baseline is not one of the compared methods ({', '.join(frames)})")
+    attrs = list(orders)
+    for k, attr in enumerate(attrs):
+        rows = {name: paired_delta(frames[args.baseline], runs, attr, order=orders[attr], n_boot=args.n_boot,
+                                   seed=args.seed)
+                for name, runs in frames.items() if name != args.baseline}
+        deltas = pd.DataFrame.from_dict(rows, orient="index")
+        deltas["p_holm"] = holm(deltas["p_sd"].tolist())          # the fairness claim: did SD change?
+        deltas["p_holm_mean"] = holm(deltas["p_mean"].tolist())
+        print(f"\nagainst {args.baseline}, by {attr} (paired over the same test cases, {args.n_boot} bootstrap "
+              f"resamples within groups; Δ of the means over seeds; Holm over {len(deltas)} method(s)):\n"
+              f"{paired_display(deltas).to_string()}")
+        suffixed = deltas.add_suffix(f"_{attr}")
+        table = table.join(suffixed if k else deltas.join(suffixed))
+    return table
+
+
+def cmd_compare(args) -> int:
+    from fairness.figures import tradeoff_plot
+    from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
+
+    methods, frames, orders = load_methods(args)
+    table = compare_table(methods)
+    shown = compare_display(table)
+    out = compare_out_dir(args)
     print(f"\nmethods side by side (Dice % and SD in Dice %: mean ± std over seeds):\n{shown.to_string()}")
     for attr in methods[next(iter(methods))]:
         for figure in ("sd", "ser"):
@@ -414,12 +463,13 @@ def cmd_compare(args) -> int:
         write_figure(out / f"tradeoff_{attr}.png", fig)
         import matplotlib.pyplot as plt
         plt.close(fig)
+    if args.baseline is not None:
+        table = paired_columns(table, frames, orders, args)
     write_csv(table, out / "compare.csv")
     write_text(out / "compare.md", to_markdown(shown))
     write_text(out / "compare.tex", to_latex(shown, caption="Dice (%) and fairness, mean ± std over seeds"))
     print(f"\ntables and figures in {out}")
     return 0
-
 
 
 def cmd_group_dice(args) -> int:
@@ -467,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test-time mirroring over all 8 flips (default: the run's eval.mirror)")
     ck.add_argument("--tile-batch", type=int, help="tiles per forward pass (default: the run's eval.tile_batch)")
     cmp = parser.add_argument_group("with --compare")
+    cmp.add_argument("--baseline", metavar="NAME",
+                     help="the method (folder name) the others are compared with, paired over the same test "
+                          "cases: Δ mean Dice, ΔSD, ΔSER, Δ worst group with bootstrap CIs and Holm p-values")
     cmp.add_argument("--source", default="auto",
                      help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
                           "train, or an eval/ subfolder name such as best")

@@ -10,6 +10,7 @@ Usage:
     table = load_case_table("cache/")                                # cases.csv, indexed by case id
     settings = load_cache_settings("cache/")
     sex = groups_from_table(table, "sex", settings)                  # {case_id: "male" | "female"}
+    per_case = with_covariates(per_case, table)                      # + kidney_ml, tumor_ml, bmi
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from data.groups import FIELDS, GroupError, parse_attribute
 
 SETTINGS_FILE = "preprocess.json"
 CASES_FILE = "cases.csv"
+# the case-mix columns an audit adjusts a gap for (fairness/significance.py): reference volumes, BMI
+COVARIATE_COLUMNS = ("kidney_ml", "tumor_ml", "bmi")
 
 
 def is_complete(out_dir, case_id: str) -> bool:
@@ -78,3 +81,12 @@ def groups_from_table(table: pd.DataFrame, spec: str, settings) -> dict[str, str
         except GroupError as exc:
             raise CaseError(case_id, f"cannot group by {spec!r}: {exc} (cases.csv holds sex, age and bmi)") from None
     return groups
+
+
+def with_covariates(per_case: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The per-case frame with each case's reference kidney/tumor volume (mL) and BMI from the case table."""
+    out = per_case.copy()
+    for column in COVARIATE_COLUMNS:
+        if column in table.columns and column not in out.columns:
+            out[column] = out["case_id"].map(table[column])
+    return out

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from data.augment import AugmentSettings
+from data.cache import with_covariates
 from data.patches import PatchDataset
 from engine.builders import build_loss, build_optimizer, build_schedule
 from engine.logging import log_audits, log_slices, log_step
@@ -256,7 +257,7 @@ class Trainer:
         per_case = pd.DataFrame(rows).drop(columns="geometry")
         for attr, groups in self.data.groups_by_attr.items():
             per_case[attr] = per_case["case_id"].map(groups)
-        return per_case, kept
+        return with_covariates(per_case, self.data.table), kept
 
     def validate(self, run_dir, writer, epoch_done: int) -> None:
         per_case, kept = self.score(self.data.val_ids, keep=self.tc["image_slices"])

@@ -45,6 +45,10 @@ def log_audits(writer, per_case: pd.DataFrame, groups_by_attr, orders, step: int
             writer.add_scalar(f"{prefix}/{attr}/SD", 100 * audit.summary["sd"], step)
         if math.isfinite(audit.summary["ser"]):
             writer.add_scalar(f"{prefix}/{attr}/SER", audit.summary["ser"], step)
+        for key in ("sd_p", "ser_p", "gap_p"):   # beside the curves: is this SD beyond noise?
+            if math.isfinite(audit.significance.get(key, math.nan)):
+                writer.add_scalar(f"{prefix}/{attr}/{key.replace('sd', 'SD').replace('ser', 'SER')}",
+                                  audit.significance[key], step)
     return audits
 
 

@@ -6,8 +6,9 @@ SD and SER (on the group mean Dice), ES-Dice, worst group, best-worst gap and ea
 
 Usage:
     audit = audit_groups(per_case, group_col="sex", order=["male", "female"], cvar_level=0.2)
-    print(format_audit(audit))          # Dice in %, like the study's tables
-    audit.table, audit.summary, audit.cvar
+    print(format_audit(audit))          # Dice in %, like the study's tables, and the line saying
+                                        # what noise alone gives (fairness/significance.py)
+    audit.table, audit.summary, audit.cvar, audit.significance["gap_p"]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fairness.case_dice import METRICS
+from fairness.significance import DEFAULT_COVARIATES, significance, significance_line
 from fairness.summary import fairness_summary
 from fairness.tables import ALL_ROW, group_table
 from fairness.tails import within_group_cvar
@@ -30,11 +32,14 @@ class Audit:
     table: pd.DataFrame          # group_table: fractions in [0, 1]
     summary: dict                # fairness_summary of the group mean Dice (fractions)
     cvar: dict                   # group -> CVaR of per-case mean Dice (fractions)
-    cvar_level: float              # the within-group tail: CVaR of the worst cvar_level fraction
+    cvar_level: float            # the within-group tail: CVaR of the worst cvar_level fraction
+    significance: dict = None    # fairness.significance: permutation null, detectable gap, adjusted gap
 
 
 def audit_groups(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
-                 cvar_level: float = 0.2) -> Audit:
+                 cvar_level: float = 0.2, n_perm: int = 5000, seed: int = 0,
+                 covariates=DEFAULT_COVARIATES) -> Audit:
+    """The table, summary, tails and significance (see fairness.significance) of one attribute."""
     table = group_table(per_case, group_col=group_col, metrics=METRICS, order=order)
     groups = table.drop(index=ALL_ROW)
     # Empty groups are normal in small test splits; the table shows them and format_audit says
@@ -44,7 +49,10 @@ def audit_groups(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hash
         summary = fairness_summary(groups["mean"].to_dict(), overall=table.loc[ALL_ROW, "mean"], scale="fraction")
         tails = within_group_cvar(per_case, group_col=group_col, metric="mean", alpha=cvar_level,
                                   order=list(groups.index))
-    return Audit(group_col=group_col, table=table, summary=summary, cvar=tails, cvar_level=cvar_level)
+    sig = significance(per_case, group_col, order=list(groups.index), n_perm=n_perm, seed=seed,
+                       covariates=covariates)
+    return Audit(group_col=group_col, table=table, summary=summary, cvar=tails, cvar_level=cvar_level,
+                 significance=sig)
 
 
 def format_audit(audit: Audit) -> str:
@@ -63,8 +71,9 @@ def format_audit(audit: Audit) -> str:
 
 
 def audit_footnotes(audit: Audit) -> list[str]:
-    """What a table's summary leaves out: groups with no scored case, cases without tumor Dice."""
-    notes = []
+    """The worded significance line, then what the summary leaves out: groups with no scored
+    case, cases without tumor Dice."""
+    notes = [significance_line(audit.significance)] if audit.significance else []
     missing = [str(g) for g, row in audit.table.drop(index=ALL_ROW).iterrows() if pd.isna(row["mean"])]
     if missing:
         notes.append(f"(no scored cases in {', '.join(missing)}: SD, SER and ES-Dice are over the "

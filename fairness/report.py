@@ -28,6 +28,7 @@ import pandas as pd
 
 from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
+from fairness.significance import SUMMARY_COLUMNS, significance_line
 from fairness.tables import ALL_ROW
 
 
@@ -102,10 +103,12 @@ def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     groups[f"cvar{int(round(a.cvar_level * 100))}"] = [a.cvar.get(g, math.nan) for g in groups.index]
     groups.index.name = a.group_col
     s = a.summary
+    sig = a.significance or {}
     rows = [("sd", s["sd"], *b["sd"]), ("ser", s["ser"], *b["ser"]), ("es_dice", s["es_dice"], math.nan, math.nan),
             ("worst", s["worst"], math.nan, math.nan), ("gap", s["gap"], math.nan, math.nan),
             ("p_" + (rep.test["test"] or "test").lower().replace(" ", "_").replace("-", "_"), rep.test["p"],
              math.nan, math.nan)]
+    rows += [(name, sig.get(name, math.nan), math.nan, math.nan) for name in SUMMARY_COLUMNS]
     summary = pd.DataFrame(rows, columns=["figure", "value", "lo", "hi"]).set_index("figure")
     summary.attrs["worst_group"] = s["worst_group"]
     return groups, summary
@@ -129,7 +132,8 @@ def summary_line(rep: GroupReport) -> str:
     s, b, t = rep.audit.summary, rep.boot, rep.test
     return (f"SD {100 * s['sd']:.2f} {_interval(*b['sd'], digits=2)}; SER {s['ser']:.2f} "
             f"{_interval(*b['ser'], scale=1, digits=2)}; {t['test'] or 'group test'} p = {format_p(t['p'])}; "
-            f"ES-Dice {_pct(s['es_dice'], 0)}; worst {s['worst_group']} {_pct(s['worst'], 0)}")
+            f"ES-Dice {_pct(s['es_dice'], 0)}; worst {s['worst_group']} {_pct(s['worst'], 0)}; "
+            + significance_line(rep.audit.significance).replace("\n", "; "))
 
 
 # --- several seeds of one model ----------------------------------------------------------------
@@ -202,6 +206,18 @@ def compare_display(table: pd.DataFrame) -> pd.DataFrame:
         out[col if col in METRICS else f"{figure.upper()} {attr}"] = [
             "-" if pd.isna(m) else (f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}"))
             for m, s in zip(table[col], table[f"{col}_std"])]
+    return out
+
+
+def paired_display(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Δ [CI] strings per method (fairness.paired rows), with the Holm-corrected p of ΔSD."""
+    out = pd.DataFrame(index=deltas.index)
+    for s, title, digits in (("mean", "Δ mean Dice", 1), ("sd", "ΔSD", 2), ("ser", "ΔSER", 2), ("worst", "Δ worst", 1)):
+        out[title] = [f"{v:+.{digits}f} " + (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if pd.notna(lo) else "")
+                      for v, lo, hi in zip(deltas[f"delta_{s}"], deltas[f"delta_{s}_lo"], deltas[f"delta_{s}_hi"])]
+    out["p ΔSD (Holm)"] = [format_p(p) for p in deltas["p_holm"]]
+    out["p Δ mean (Holm)"] = [format_p(p) for p in deltas["p_holm_mean"]]
+    out.index.name = "method"
     return out
 
 

@@ -138,6 +138,7 @@ def bootstrap_audit(
         "n_boot", "seed", "level"  as given.
         "samples" (only with keep_samples) DataFrame, one row per resample: "<metric>/<group>",
                   "<metric>/all", "sd", "ser".
+    A group of fewer than 2 cases gets no interval (NaN), and then neither do SD and SER.
     Resamples where a statistic is undefined (a small group drawing only NaN tumor cases) are
     left out of that statistic's percentiles.
     """
@@ -170,11 +171,15 @@ def bootstrap_audit(
             means[group] = _means(sums, counts)
     means[ALL_ROW] = _means(all_sums, all_counts)
 
+    # a group of fewer than 2 cases resamples to itself: its "interval" would have width 0 and
+    # read as certainty, so it gets none (the printed table says why)
+    sizes = {g: int((labels == g).sum()) for g in groups}
     rows = {}
     for group, m in means.items():
         row = {}
         for j, metric in enumerate(METRICS):
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = percentile_interval(m[:, j], level)
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = (
+                percentile_interval(m[:, j], level) if sizes.get(group, 2) >= 2 else (math.nan, math.nan))
         rows[group] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index = pd.Index(list(rows), name=group_col, dtype=object)
@@ -182,9 +187,12 @@ def bootstrap_audit(
     # SD/SER over the groups with a scored mean Dice in the data, as audit_groups' summary
     mean_j = METRICS.index("mean")
     present = [g for g in groups if not np.isnan(means[g][:, mean_j]).all()]
-    if len(present) >= 2:
+    if len(present) >= 2 and all(sizes[g] >= 2 for g in present):
         sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]))
         sd_ci, ser_ci = percentile_interval(sd, level), percentile_interval(ser, level)
+    elif len(present) >= 2:   # SD/SER move with the small group's mean too: no interval either
+        sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]))
+        sd_ci = ser_ci = (math.nan, math.nan)
     else:
         sd = ser = np.full(n_boot, np.nan)
         sd_ci = ser_ci = (math.nan, math.nan)

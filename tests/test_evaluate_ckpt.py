@@ -37,7 +37,9 @@ def test_ckpt_predicts_the_test_split_in_the_original_geometry(runs, capsys):
     for attr in ("sex", "age"):
         groups = pd.read_csv(ev / f"groups_{attr}.csv", index_col=0).dropna(subset=["mean"])
         assert {"n", "mean", "mean_lo", "mean_hi", "cvar20"} <= set(groups.columns)
-        assert (groups["mean_lo"] <= groups["mean"] + 1e-12).all() and (groups["mean"] <= groups["mean_hi"] + 1e-12).all()
+        several, single = groups[groups["n"] >= 2], groups[groups["n"] == 1]
+        assert (several["mean_lo"] <= several["mean"] + 1e-12).all() and (several["mean"] <= several["mean_hi"] + 1e-12).all()
+        assert single[["mean_lo", "mean_hi"]].isna().all().all()   # one case: no interval, not a zero-width one
         summary = pd.read_csv(ev / f"summary_{attr}.csv", index_col=0)
         assert {"sd", "ser", "es_dice"} <= set(summary.index)
         for suffix in ("md", "tex", "png"):
@@ -95,6 +97,28 @@ def test_compare_puts_methods_side_by_side_with_the_pareto_front(runs, tmp_path,
     assert (tmp_path / "cmp" / "tradeoff_sex.png").stat().st_size > 0
     assert "| method |" in (tmp_path / "cmp" / "compare.md").read_text()
     assert r"\begin{tabular}" in (tmp_path / "cmp" / "compare.tex").read_text()
+
+
+def test_compare_against_a_baseline_gives_paired_deltas_and_refuses_other_case_sets(runs, tmp_path, capsys):
+    pair = runs / "runs" / "pair"
+    # the same runs under two method names: every paired delta is exactly 0, p 1
+    twin = tmp_path / "twin"
+    import shutil
+    shutil.copytree(pair, twin)
+    assert evaluate.main(["--compare", str(pair), str(twin), "--baseline", "pair", "--group", "sex",
+                          "--out", str(tmp_path / "cmp"), "--source", "train", "--n-boot", "200"]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv", index_col=0)
+    for column in ("delta_mean", "delta_sd", "delta_sd_lo", "delta_sd_hi", "delta_ser", "delta_worst"):
+        assert table.loc["twin", column] == 0.0
+    assert table.loc["twin", "p_holm"] == 1.0 and "delta_sd_sex" in table.columns
+    assert "against pair, by sex (paired over the same test cases" in capsys.readouterr().out
+    # a method scored on other cases cannot be paired
+    other = pd.read_csv(twin / "seed0" / "eval" / "per_case.csv")
+    other["case_id"] = other["case_id"] + "_x"
+    other.to_csv(twin / "seed0" / "eval" / "per_case.csv", index=False)
+    assert evaluate.main(["--compare", str(pair), str(twin), "--baseline", "pair", "--group", "sex",
+                          "--out", str(tmp_path / "cmp2"), "--source", "train", "--n-boot", "50"]) == 2
+    assert "was scored on other cases than" in capsys.readouterr().err
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(runs, tmp_path, capsys):
