@@ -145,7 +145,8 @@ def adjusted_gap(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
 
     Returns {"gap", "lo", "hi", "raw", "raw_lo", "raw_hi", "n", "covariates", "best", "worst",
     "note"}. Cases missing a covariate are left out (listwise); a covariate that is constant over
-    the cases used is dropped (it cannot be told from the intercept) and named in the note.
+    the cases used is dropped (it cannot be told from the intercept) and named in the note; with
+    fewer than two cases per coefficient there is no estimate (the note says so).
     """
     cols = list(covariates)
     frame = pd.concat([per_case[[group_col, metric]], covariate_matrix(per_case, cols)], axis=1).dropna()
@@ -168,8 +169,8 @@ def adjusted_gap(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
     for key, extra in (("raw", []), ("gap", kept)):
         x = np.column_stack([np.ones(len(y)), dummies, *[frame[c].to_numpy(float) for c in extra]])
         dof = len(y) - x.shape[1]
-        if dof < 1:
-            out["note"] = f"too few cases ({len(y)}) for {x.shape[1]} coefficients"
+        if len(y) < 2 * x.shape[1]:  # fewer than two cases per coefficient: HC3 errors are not usable
+            out["note"] = f"too few cases ({len(y)}) for {x.shape[1]} coefficients (needs {2 * x.shape[1]})"
             return out
         beta, se = ols_hc3(y, x)
         half = scipy_stats.t.ppf(0.5 + level / 2, dof) * se[worst_col]
@@ -221,6 +222,8 @@ def significance_line(sig: dict) -> str:
         names = ", ".join(COVARIATE_NAMES.get(c, c) for c in sig["adjusted_for"])
         line += (f"\nadjusted for {names}: gap {pts(sig['gap_adjusted'])} [{pts(sig['gap_adjusted_lo'])}, "
                  f"{pts(sig['gap_adjusted_hi'])}] points")
+    elif sig.get("adjusted_note") and sig.get("adjusted_for"):
+        line += f"\n(no adjusted gap: {sig['adjusted_note']})"
     if sig.get("small_groups"):
         line += (f"\n(no interval for {', '.join(map(str, sig['small_groups']))}: fewer than 2 cases; "
                  "their mean is one case's Dice, not an estimate)")
