@@ -37,6 +37,11 @@ DEFAULTS = {
         "synthesize_cases": 0,       # >0: synthesise a procedural cohort into `raw` when it is missing
         "synthesize_seed": 0,
         "synthesize_shape": None,    # procedural grid (z, y, x); None: the generator's default
+        # known-bias cohorts (SPEC §4, data/bias.py): a bias YAML (relative to the working dir, e.g.
+        # configs/bias/low_dose_female.yaml) applied when synthesising; null: no bias. twins: also
+        # write each biased case without its effect into `raw`_twins/ (never read for training)
+        "synthesize_bias": None,
+        "synthesize_twins": False,
         "preprocess": PreprocessSettings().to_dict(),
         "preprocess_workers": 1,
         "split_seed": 0,

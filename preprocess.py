@@ -4,10 +4,20 @@
     python preprocess.py synthesize --out raw/demo --cases 12 --seed 0
     # CT-like intensities around the real KiTS19 label maps (real shapes, geometry, metadata)
     python preprocess.py synthesize --from-labels ../shared/kits19 --out raw/k19 --only case_00002,case_00010
+    # a known-bias cohort (SPEC §4): a bias file, and each biased case's twin in raw/low_dose_twins/
+    python preprocess.py synthesize --out raw/low_dose --cases 24 --bias configs/bias/low_dose_female.yaml --twins
     # the study's preprocessing into a cache (and a seeded splits.json, unless one exists)
     python preprocess.py run --raw raw/demo --out cache/demo --workers 2
     # a new split, e.g. stratified by sex with a validation fraction
     python preprocess.py split --cache cache/demo --seed 1 --test 50 --val 0.1 --stratify sex --overwrite
+
+`--bias FILE` (both generators) applies a bias file (data/bias.py, configs/bias/): each case's
+effect is recorded in kits.json as `synthetic_bias`, and OUT/synthesis.json records the spec, so
+a later run into OUT with another spec is refused. `--twins` also writes every case that has an
+effect without it (same anatomy, same random draws, same case id) into the sibling folder
+OUT_twins/, a KiTS-layout cohort of its own (`evaluate.py --ckpt X --data OUT_twins`): twins are
+never part of OUT, so no split can train on them. A bad bias file is a one-line error naming
+the file and the key (exit status 2).
 
 Settings default to the study's values (SPEC §1); `--config FILE` reads them from the
 `data.preprocess` section of a YAML config, and the flags below override single values.
@@ -61,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--cases", type=int, help="procedural: number of cases")
     syn.add_argument("--shape", type=_ints3, help="procedural: grid z,y,x (default: the generator's demo size)")
     syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("--bias", type=Path, metavar="FILE",
+                     help="bias specification (YAML, e.g. configs/bias/low_dose_female.yaml): group-conditioned "
+                          "noise, slice_mm, contrast, blur, tumor_scale, label_noise, share, hidden")
+    syn.add_argument("--twins", action="store_true",
+                     help="with --bias: also write each biased case without its effect into OUT_twins/")
     syn.add_argument("--no-progress", action="store_true")
 
     run = sub.add_parser("run", help="preprocess a KiTS-layout folder into a training cache")
@@ -92,21 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_synthesize(args) -> int:
     from data import synthetic
+    from data.bias import load_bias
+    if args.twins and args.bias is None:
+        raise SystemExit("error: --twins needs --bias FILE (twins are the cases without their bias)")
+    bias = load_bias(args.bias) if args.bias is not None else None
     if args.from_labels is not None:
         if args.cases is not None or args.shape is not None:
             raise SystemExit("error: --cases/--shape are for the procedural generator, not --from-labels")
         written, failures = synthetic.write_cohort_from_labels(
             args.from_labels, args.out, only=args.only, seed=args.seed, metadata_path=args.metadata,
-            progress=not args.no_progress)
+            progress=not args.no_progress, bias=bias, twins=args.twins)
     else:
         if args.cases is None:
             raise SystemExit("error: give --cases N (procedural) or --from-labels DIR")
         if args.only or args.metadata:
             raise SystemExit("error: --only/--metadata go with --from-labels")
         written = synthetic.write_procedural_cohort(args.out, n_cases=args.cases, seed=args.seed,
-                                                    shape=args.shape, progress=not args.no_progress)
+                                                    shape=args.shape, progress=not args.no_progress,
+                                                    bias=bias, twins=args.twins)
         failures = []
     print(f"synthesised {len(written)} case(s) -> {args.out}")
+    if bias is not None:
+        print(f"bias {args.bias}: per-case effects in {args.out / 'kits.json'} (synthetic_bias)"
+              + (f"; twins in {synthetic.twins_dir(args.out)}" if args.twins else ""))
     if failures:
         print(format_failures(failures), file=sys.stderr)
         return 1

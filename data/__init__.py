@@ -12,7 +12,8 @@ Modules (each one job):
     resample       the one resampler (nnU-Net's anisotropic rule)
     preprocessing  the study's preprocessing order, writing the on-disk cache
     cache          reading the cache: cases, case table, settings, group columns
-    synthetic      CT-like synthetic cohorts (procedural, or around real label maps);
+    bias           known-bias cohorts: the bias file, its validation, what each case gets
+    synthetic      CT-like synthetic cohorts (procedural, or around real label maps), biased or not;
                    synthetic_anatomy paints the CT, one painter per organ
     prepare        a run's data made ready: synthesise, preprocess, split, each once
     patches        the training dataset: pos/neg crops, each batch item with its group

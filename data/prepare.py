@@ -2,38 +2,93 @@
 
 Used by train.py so that `python train.py --config configs/demo.yaml` works on a fresh machine.
 Every step is the same code as `preprocess.py`, and each is skipped when its output is there:
-    1. data.raw missing and data.synthesize_cases > 0  -> procedural cohort into data.raw
+    1. data.raw missing and data.synthesize_cases > 0  -> procedural cohort into data.raw, with
+       the bias of data.synthesize_bias (a YAML file, data/bias.py) and, if data.synthesize_twins,
+       its counterfactual twins in data.raw + "_twins" (a cohort of its own: never trained on)
     2. cases missing from data.cache                    -> preprocess them (resumable)
     3. no data.cache/splits.json                        -> seeded split (data.test / data.val / data.stratify)
+
+A synthesised raw folder records its bias spec (RAW/synthesis.json); an existing one made with
+another spec than the config's is refused rather than reused, and so is a cache made from
+another synthesis (the cache keeps a copy of RAW/synthesis.json).
 
 Usage:
     cache_dir, split = prepare_data(cfg["data"])
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from data.atomic import atomic_write
+from data.bias import load_bias
 from data.errors import CaseError, format_failures
 from data.preprocessing import PreprocessSettings, run_preprocessing, summary_line
 from data.cache import groups_from_table, load_case_table
 from data.splits import load_split, make_split, save_split
+from data.synthetic import SYNTHESIS_FILE, read_synthesis, twins_dir, write_procedural_cohort
 
 SPLIT_FILE = "splits.json"
+
+
+def _bias_sha(record: dict | None) -> str | None:
+    """The spec hash of a synthesis record; None for no record or the null (empty) spec."""
+    return record["bias_sha256"] if record and record.get("bias") else None
+
+
+def synthesise_if_missing(data_cfg: dict, *, progress: bool = True, log=print) -> None:
+    """Step 1, and the check that an existing synthetic raw folder has the config's bias."""
+    raw = Path(data_cfg["raw"])
+    bias_path = data_cfg.get("synthesize_bias")
+    spec = load_bias(bias_path) if bias_path else None
+    if not raw.exists():
+        twins = bool(data_cfg.get("synthesize_twins")) and spec is not None
+        log(f"synthesising {data_cfg['synthesize_cases']} procedural cases into {raw}"
+            + (f" with the bias of {bias_path}" if spec is not None else "")
+            + (f" (twins in {twins_dir(raw)})" if twins else ""))
+        shape = tuple(data_cfg["synthesize_shape"]) if data_cfg["synthesize_shape"] else None
+        write_procedural_cohort(raw, n_cases=data_cfg["synthesize_cases"], seed=data_cfg["synthesize_seed"],
+                                shape=shape, progress=progress, bias=spec, twins=twins)
+        return
+    have = read_synthesis(raw)
+    want = spec.sha256 if spec is not None and not spec.is_empty else None
+    if _bias_sha(have) != want:
+        made = f"with the bias of {have.get('bias_file')}" if _bias_sha(have) else "without a bias"
+        raise CaseError(str(raw), f"was synthesised {made}, but data.synthesize_bias is {bias_path or 'null'}; "
+                        "delete the folder (and data.cache) or set another data.raw")
+
+
+def _check_cache_source(raw: Path, cache: Path) -> None:
+    """A cache made from one synthesis is not topped up from another (stale cases would mix)."""
+    have = read_synthesis(cache)
+    want = read_synthesis(raw)
+    if not (cache / "cases.csv").is_file() or _bias_sha(have) == _bias_sha(want):
+        return
+    raise CaseError(str(cache), f"was preprocessed from a raw folder with another bias spec than {raw} has "
+                    "now; delete the cache or set another data.cache")
+
+
+def _record_cache_source(raw: Path, cache: Path) -> None:
+    """The cache keeps a copy of the raw folder's synthesis record (none when the raw has none)."""
+    record = read_synthesis(raw)
+    if record is None:
+        (cache / SYNTHESIS_FILE).unlink(missing_ok=True)
+    elif read_synthesis(cache) != record:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache / SYNTHESIS_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def prepare_data(data_cfg: dict, *, progress: bool = True, log=print) -> tuple[Path, dict]:
     cache = Path(data_cfg["cache"])
     raw = Path(data_cfg["raw"]) if data_cfg["raw"] else None
     settings = PreprocessSettings.from_dict(data_cfg["preprocess"])
-    if raw is not None and not raw.exists() and data_cfg["synthesize_cases"] > 0:
-        from data.synthetic import write_procedural_cohort
-        log(f"synthesising {data_cfg['synthesize_cases']} procedural cases into {raw}")
-        shape = tuple(data_cfg["synthesize_shape"]) if data_cfg["synthesize_shape"] else None
-        write_procedural_cohort(raw, n_cases=data_cfg["synthesize_cases"], seed=data_cfg["synthesize_seed"],
-                                shape=shape, progress=progress)
+    if raw is not None and data_cfg["synthesize_cases"] > 0:
+        synthesise_if_missing(data_cfg, progress=progress, log=log)
     if raw is not None:
+        _check_cache_source(raw, cache)
         result = run_preprocessing(raw, cache, settings, workers=data_cfg["preprocess_workers"],
                                    metadata_path=data_cfg["metadata"], progress=progress)
+        _record_cache_source(raw, cache)
         if result.done or result.failures:
             log(summary_line(result, cache))
         if result.failures:

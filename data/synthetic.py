@@ -18,6 +18,27 @@ with air and contents, kidney cortex/medulla/sinus, heterogeneous tumors, partia
 BMI-dependent noise and a smooth bias field. It is built so that no intensity threshold or band
 segments kidney or tumor well (tests/test_synthetic.py checks this).
 
+Known-bias cohorts (SPEC §4): both writers take `bias=` (a BiasSpec from data/bias.py, which
+says what each case gets) and `twins=`:
+
+    OUT/kits.json        each case also has `synthetic_bias`: the mechanisms applied to it ({} for
+                         none), share / hidden membership, and `measured` (tumor_volume_ratio on
+                         the acquired grid; label_dice of the jittered reference vs the truth)
+    OUT/synthesis.json   generator, seed, size / case list and the normalised spec with its hash:
+                         a later run into OUT with other ones is refused (so is an unbiased run)
+    OUT_twins/           twins_dir(OUT): every case with an effect, written without it (same case
+                         id, same anatomy, same random draws: byte-identical to the case made
+                         without a spec), kits.json entries with `synthetic_bias: {}` and
+                         `twin_of`. A cohort of its own: nothing in OUT refers to it.
+
+How each mechanism is made: noise / contrast / blur are arguments of the renderer; slice_mm
+re-grids the case (procedural: rasterised at the new z spacing, `ProceduralCase.with_effect`;
+from-labels: `resample_z_nearest` and the header zooms / affine's z column); tumor_scale scales
+the planned tumors (procedural) or the label map (`scale_tumor`); the render of a case whose
+labels or grid changed takes its twin's labels as `reference`, so the anatomy and every random
+draw are the twin's; label_noise jitters the written reference only (`jitter_labels`; its own
+generator (seed, case, 2)). A case without an effect goes through the unbiased code path.
+
 Usage:
     from data.synthetic import write_cohort_from_labels, write_procedural_cohort, synthesize_ct
     done, failures = write_cohort_from_labels("../shared/kits19", "work/kits19_synth")
@@ -25,6 +46,8 @@ Usage:
     ids = write_procedural_cohort("/tmp/tiny", n_cases=4, shape=(16, 32, 32))  # fast tests
     ct = synthesize_ct(labels, (3.0, 0.8, 0.8), bmi=31.0, rng=np.random.default_rng(0))
     plan = plan_procedural_case(7, seed=0)   # demographics and sizes without rasterising
+    spec = data.bias.load_bias("configs/bias/low_dose_female.yaml")
+    ids = write_procedural_cohort("work/ld", n_cases=24, bias=spec, twins=True)   # + work/ld_twins
 
 Cost: the largest real case (case_00151, 1059 x 512 x 512) takes ~50 s and ~1.6 GB peak RSS on
 two cores (a third of it is gzip); a default procedural case ~0.4 s.
@@ -35,26 +58,31 @@ index always give the same case whatever n_cases / only are.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import shutil
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from data.atomic import atomic_write
+from data.bias import NO_EFFECT, BiasSpec, CaseEffect
 from data.errors import CaseError
 from data.nifti import kits_affine, read_volume, write_volume
 from data.synthetic_anatomy import LEFT, random_field, render_ct
 
 __all__ = ["synthesize_ct", "write_cohort_from_labels", "write_procedural_cohort",
-           "plan_procedural_case", "ProceduralCase", "DEFAULT_SHAPE", "FOV_Z_MM"]
+           "plan_procedural_case", "ProceduralCase", "DEFAULT_SHAPE", "FOV_Z_MM", "twins_dir", "read_synthesis",
+           "SYNTHESIS_FILE", "resample_z_nearest", "scale_tumor", "jitter_labels"]
 
 
-def synthesize_ct(labels: np.ndarray, spacing, *, bmi: float, rng: np.random.Generator) -> np.ndarray:
+def synthesize_ct(labels: np.ndarray, spacing, *, bmi: float, rng: np.random.Generator, noise: float = 1.0,
+                  contrast: float = 1.0, blur_mm: float = 0.0, reference=None) -> np.ndarray:
     """CT-like int16 HU volume (same shape as `labels`) around a KiTS label map.
 
     labels: (z, y, x) array with 0 background, 1 kidney, 2 tumor (any memory order; a 277 M-voxel
@@ -63,8 +91,10 @@ def synthesize_ct(labels: np.ndarray, spacing, *, bmi: float, rng: np.random.Gen
     noise). rng: all random draws come from it (same state -> same image).
     Kidney and tumor voxels get kidney / tumor intensities; everything else (body, fat, muscle,
     organs, vessels, bone, bowel) is synthesised around the kidneys found in the labels.
+    noise, contrast, blur_mm, reference: bias mechanisms (render_ct; the defaults change nothing).
     """
-    return render_ct(labels, spacing, bmi=bmi, rng=rng)
+    return render_ct(labels, spacing, bmi=bmi, rng=rng, noise=noise, contrast=contrast, blur_mm=blur_mm,
+                     reference=reference)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +145,81 @@ def _complete(case_dir: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Provenance of a biased cohort: OUT/synthesis.json
+# ---------------------------------------------------------------------------------------------
+SYNTHESIS_FILE = "synthesis.json"
+TWINS_SUFFIX = "_twins"
+
+
+def twins_dir(out_dir) -> Path:
+    """Where the counterfactual twins of the cohort in out_dir go: the sibling OUT_twins/."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + TWINS_SUFFIX)
+
+
+def read_synthesis(folder) -> dict | None:
+    """The synthesis record of a folder written with a bias spec (None: none there)."""
+    path = Path(folder) / SYNTHESIS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CaseError(str(path), f"unreadable synthesis record ({exc})") from None
+
+
+def _synthesis_record(spec: BiasSpec, generator: str, seed: int, twins_of: str | None = None, **settings) -> dict:
+    return {"format": 1, "generator": generator, "seed": seed, **settings, "bias": spec.normalised,
+            "bias_sha256": spec.sha256, "bias_file": spec.source, "twins_of": twins_of}
+
+
+def _claim(out_dir: Path, record: dict) -> None:
+    """Write out_dir/synthesis.json, or check that the one there says the same (the bias file's
+    name may differ); refuse a folder that already holds cases synthesised without a spec."""
+    old = read_synthesis(out_dir)
+    if old is not None:
+        differ = sorted(k for k in set(old) | set(record) if k != "bias_file" and old.get(k) != record.get(k))
+        if differ:
+            raise CaseError(str(out_dir), f"was synthesised with other settings ({', '.join(differ)} differ; "
+                            f"its bias file: {old.get('bias_file')}); choose another --out or delete it")
+        return
+    if any(p.is_dir() for p in out_dir.glob("case_*")):
+        raise CaseError(str(out_dir), "holds cases synthesised without a bias spec; choose another --out")
+    _write_json_atomic(out_dir / SYNTHESIS_FILE, record)
+
+
+def _refuse_biased(out_dir: Path) -> None:
+    """A run without a spec must not add unbiased cases to a biased cohort."""
+    old = read_synthesis(out_dir)
+    if old is not None:
+        raise CaseError(str(out_dir), f"was synthesised with the bias spec {old.get('bias_file')}; pass the "
+                        "same --bias (and seed) or choose another --out")
+
+
+def _effects(spec: BiasSpec | None, metas: dict[str, dict], seed: int):
+    """({case_id: CaseEffect}, failures); every case gets NO_EFFECT without a spec."""
+    if spec is None:
+        return {cid: NO_EFFECT for cid in metas}, []
+    return spec.resolve(metas, seed)
+
+
+def _record(effect: CaseEffect, measured: dict) -> dict:
+    rec = effect.record
+    if measured:
+        rec["measured"] = measured
+    return rec
+
+
+def _twin_entry(meta: dict, cohort: Path, biased_record: dict) -> dict:
+    return dict(meta, synthetic_bias={},
+                twin_of={"cohort": cohort.name, "case_id": meta["case_id"], "synthetic_bias": biased_record})
+
+
+def _render_args(effect: CaseEffect) -> dict:
+    return {"noise": effect.noise, "contrast": effect.contrast, "blur_mm": effect.blur}
+
+
+# ---------------------------------------------------------------------------------------------
 # From real label maps
 # ---------------------------------------------------------------------------------------------
 def _load_metadata(path: Path) -> dict[str, dict]:
@@ -137,8 +242,82 @@ def _bmi_of(case_id: str, meta: dict) -> float:
     return bmi
 
 
+def _checked_labels(case_id: str, labels: np.ndarray) -> np.ndarray:
+    if labels.dtype.kind not in "biu":
+        raise CaseError(case_id, f"label map has non-integer dtype {labels.dtype}")
+    top = int(labels.max()) if labels.size else 0
+    if top > 2 or (labels.dtype.kind == "i" and int(labels.min()) < 0):
+        raise CaseError(case_id, f"label values outside the scheme {{0, 1, 2}} (max {top})")
+    return labels
+
+
+def _biased_labels(labels, spacing, affine, effect: CaseEffect):
+    """(labels, spacing, affine, measured) of a real label map under slice_mm and tumor_scale."""
+    sp, measured = tuple(float(s) for s in spacing), {}
+    if effect.slice_mm is not None:
+        labels = resample_z_nearest(labels, sp[0], effect.slice_mm)
+        affine = np.array(affine, dtype=np.float64)
+        affine[:3, 0] *= effect.slice_mm / sp[0]     # slice 0 stays where it was
+        sp = (float(effect.slice_mm), sp[1], sp[2])
+    if effect.tumor_scale != 1.0:
+        labels, ratio = scale_tumor(labels, sp, effect.tumor_scale)
+        measured["tumor_volume_ratio"] = round(ratio, 4)
+    return labels, sp, affine, measured
+
+
+def _from_labels_case(case_id: str, meta: dict, seg_path: Path, case_out: Path, seed: int,
+                      effect: CaseEffect = NO_EFFECT) -> dict:
+    """Synthesise one case's CT around its real label map; returns the effect's measured values.
+
+    Without an effect the label map is copied byte for byte and the CT rendered around it. With
+    one, the label map is resampled (slice_mm) and its tumor scaled (tumor_scale), the CT is
+    rendered around that with the acquisition effects and the twin's draws (reference = the real
+    labels), and the written reference is jittered (label_noise)."""
+    bmi = _bmi_of(case_id, meta)
+    vol = read_volume(seg_path, where=case_id)
+    labels = _checked_labels(case_id, vol.array)
+    rng = np.random.default_rng([seed, _case_number(case_id)])
+    if not effect.acts:
+        ct = synthesize_ct(labels, vol.spacing, bmi=bmi, rng=rng)
+        labels = vol.array = None   # free the label map before writing
+        case_out.mkdir(parents=True, exist_ok=True)
+        write_volume(case_out / "imaging.nii.gz", ct, affine=vol.affine, header=vol.header)
+        del ct
+        _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
+        return {}
+    grid, spacing, affine, measured = _biased_labels(labels, vol.spacing, vol.affine, effect)
+    same_labels = grid is labels
+    ct = synthesize_ct(grid, spacing, bmi=bmi, rng=rng, reference=None if same_labels else (labels, vol.spacing),
+                       **_render_args(effect))
+    labels = vol.array = None   # free the real label map (when it was changed) before writing
+    written = grid
+    if effect.label_noise:
+        written = jitter_labels(grid, effect.label_noise, np.random.default_rng([seed, _case_number(case_id), 2]))
+        measured["label_dice"] = _label_dice(written, grid)
+    zooms = spacing if effect.slice_mm is not None else None
+    write_volume(case_out / "imaging.nii.gz", ct, affine=affine, header=vol.header, spacing=zooms)
+    if same_labels and not effect.label_noise:    # acquisition effects only: the reference as it is
+        _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
+    else:
+        write_volume(case_out / "segmentation.nii.gz", written, affine=affine, header=vol.header, spacing=zooms)
+    return measured
+
+
+def _select_from_labels(spec: BiasSpec | None, case_ids: list[str], meta_by_id: dict, seed: int):
+    """(case ids to write, {case_id: CaseEffect}, failures): share's selection, then the effects."""
+    if spec is None:
+        return case_ids, {c: NO_EFFECT for c in case_ids}, []
+    metas = {c: meta_by_id[c] for c in case_ids if c in meta_by_id}
+    kept, failures = spec.select_fixed(metas, seed)
+    effects, more = spec.resolve({c: metas[c] for c in kept}, seed)
+    failed = {f.where for f in failures + more}
+    dropped = set(metas) - set(kept)
+    return [c for c in case_ids if c not in dropped and c not in failed], effects, failures + more
+
+
 def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = None, seed: int = 0,
-                             metadata_path=None, progress: bool = True) -> tuple[list[str], list[CaseError]]:
+                             metadata_path=None, progress: bool = True, bias: BiasSpec | None = None,
+                             twins: bool = False) -> tuple[list[str], list[CaseError]]:
     """Synthesise CT for real KiTS19 label maps; returns (complete case ids, per-case failures).
 
     label_dir holds case_XXXXX/segmentation.nii.gz and (unless metadata_path says otherwise)
@@ -150,44 +329,65 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
     with an existing one and written atomically at the end. A problem with one case becomes a
     CaseError in the returned list and the other cases go on; an unreadable metadata file
     raises CaseError at once.
+
+    bias: a BiasSpec (data/bias.py). `share` keeps a sub-cohort of these cases (left out cases
+    are neither written nor listed), each case gets its effect, and kits.json records it as
+    `synthetic_bias`; out_dir/synthesis.json records the spec, seed and case list, and a later
+    run with other ones into the same folder is refused. twins: each case with an effect is also
+    written without it into twins_dir(out_dir) (same case id, same draws; `twin_of` in its
+    kits.json).
     """
     label_dir, out_dir = Path(label_dir), Path(out_dir)
+    if twins and bias is None:
+        raise ValueError("twins need a bias spec")
     meta_by_id = _load_metadata(Path(metadata_path) if metadata_path else label_dir / "kits.json")
     if only is not None:
         case_ids = list(dict.fromkeys(only))
     else:
         case_ids = sorted(p.name for p in label_dir.glob("case_*") if p.is_dir())
+    record = None
+    if bias is None:
+        _refuse_biased(out_dir)
+    else:
+        record = _synthesis_record(bias, "from-labels", seed, cases=sorted(case_ids))
+    case_ids, effects, failures = _select_from_labels(bias, case_ids, meta_by_id, seed)
+    if record is not None:
+        _claim(out_dir, record)
+        if twins and any(e.acts for e in effects.values()):
+            _claim(twins_dir(out_dir), dict(record, twins_of=out_dir.name))
+    old = {}
+    if bias is not None and (out_dir / "kits.json").is_file():
+        old = {k: v for k, v in _load_metadata(out_dir / "kits.json").items() if "synthetic_bias" in v}
     done: list[str] = []
-    failures: list[CaseError] = []
+    entries, twin_entries = [], []
     for case_id in _progress(case_ids, progress, "synthetic CT"):
         case_out = out_dir / case_id
+        effect = effects.get(case_id, NO_EFFECT)
         try:
             meta = meta_by_id.get(case_id)
             if meta is None:
                 raise CaseError(case_id, "no entry in the metadata file")
+            seg_path = label_dir / case_id / "segmentation.nii.gz"
+            entry = meta
             if not _complete(case_out):
-                bmi = _bmi_of(case_id, meta)
-                seg_path = label_dir / case_id / "segmentation.nii.gz"
-                vol = read_volume(seg_path, where=case_id)
-                labels = vol.array
-                if labels.dtype.kind not in "biu":
-                    raise CaseError(case_id, f"label map has non-integer dtype {labels.dtype}")
-                top = int(labels.max()) if labels.size else 0
-                if top > 2 or (labels.dtype.kind == "i" and int(labels.min()) < 0):
-                    raise CaseError(case_id, f"label values outside the scheme {{0, 1, 2}} (max {top})")
-                rng = np.random.default_rng([seed, _case_number(case_id)])
-                ct = synthesize_ct(labels, vol.spacing, bmi=bmi, rng=rng)
-                labels = vol.array = None   # free the label map before writing
-                case_out.mkdir(parents=True, exist_ok=True)
-                write_volume(case_out / "imaging.nii.gz", ct, affine=vol.affine, header=vol.header)
-                del ct
-                _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
+                measured = _from_labels_case(case_id, meta, seg_path, case_out, seed, effect)
+                if bias is not None:
+                    entry = dict(meta, synthetic_bias=_record(effect, measured))
+            elif bias is not None:   # resumed: keep what the first run measured
+                entry = old.get(case_id, dict(meta, synthetic_bias=_record(effect, {})))
+            if twins and effect.acts:
+                twin_out = twins_dir(out_dir) / case_id
+                if not _complete(twin_out):
+                    _from_labels_case(case_id, meta, seg_path, twin_out, seed)
+                twin_entries.append(_twin_entry(meta, out_dir, entry["synthetic_bias"]))
             done.append(case_id)
+            entries.append(entry)
         except CaseError as err:
             failures.append(err)
-    entries = [meta_by_id[c] for c in done]
     if entries or not (out_dir / "kits.json").exists():
         _merge_metadata(out_dir, entries)
+    if twin_entries:
+        _merge_metadata(twins_dir(out_dir), twin_entries)
     return done, failures
 
 
@@ -231,6 +431,7 @@ class ProceduralCase:
     kidneys: list[dict] = field(default_factory=list)   # centre, axes (3x3 rows), radii, volume_ml
     tumors: list[dict] = field(default_factory=list)    # centre, radii, kidney, volume_ml
     shape_seed: int = 0                                 # seeds the outline wobble of the shapes
+    field_extent_mm: tuple | None = None                # box of the wobble field (None: the grid's)
 
     @property
     def kidney_volume_ml(self) -> float:
@@ -247,6 +448,33 @@ class ProceduralCase:
     def labels(self) -> np.ndarray:
         """Rasterise kidneys and tumors on the case grid (uint8 {0, 1, 2}, (z, y, x))."""
         return _rasterize(self)
+
+    def with_effect(self, effect: CaseEffect) -> "ProceduralCase":
+        """The same patient under `effect`'s slice_mm and tumor_scale (self when neither is set).
+
+        slice_mm: the same anatomy in mm on a grid of that z spacing (slice i at i * slice_mm,
+        max(4, round(old extent / slice_mm)) slices). tumor_scale: every tumor's axes x
+        factor^(1/3) (planned volume x factor), its centre at the same place relative to the
+        kidney surface (an exophytic tumor stays attached). Every random draw is the twin's."""
+        if effect.slice_mm is None and effect.tumor_scale == 1.0:
+            return self
+        sz, sy, sx = self.spacing
+        nz, ny, nx = self.shape
+        case = replace(self, kidneys=self.kidneys, tumors=list(self.tumors),
+                       field_extent_mm=tuple(np.asarray(self.spacing) * np.asarray(self.shape)))
+        if effect.slice_mm is not None:
+            case.spacing = (float(effect.slice_mm), sy, sx)
+            case.shape = (max(4, int(round(nz * sz / effect.slice_mm))), ny, nx)
+        if effect.tumor_scale != 1.0:
+            k = effect.tumor_scale ** (1.0 / 3.0)
+            case.tumors = []
+            for t in self.tumors:
+                kid = self.kidneys[t["kidney"]]
+                r = t["r"] * k
+                centre = kid["centre"] + kid["axes"].T @ (t["surface"] + t["normal"] * r * t["exo"])
+                case.tumors.append(dict(t, centre=centre, radii=t["radii"] * k, r=r,
+                                        volume_ml=t["volume_ml"] * effect.tumor_scale))
+        return case
 
 
 def _from_bins(rng, bins) -> float:
@@ -338,7 +566,8 @@ def plan_procedural_case(index: int, *, seed: int = 0, shape: tuple[int, int, in
         exo = u(-0.6, 0.7)    # > 0: centre outside the kidney (exophytic), < 0: endophytic
         centre = kid["centre"] + kid["axes"].T @ (p_local + normal * r * exo)
         case.tumors.append({"centre": centre, "radii": r * np.exp(rng.normal(0, 0.1, 3)),
-                            "kidney": k, "volume_ml": vol})
+                            "kidney": k, "volume_ml": vol,
+                            "r": r, "surface": p_local, "normal": normal, "exo": exo})  # for tumor_scale
     case.shape_seed = int(rng.integers(0, 2**63 - 1))
     return case
 
@@ -350,7 +579,8 @@ def _rasterize(case: ProceduralCase) -> np.ndarray:
     labels = np.zeros(shape, dtype=np.uint8)
     coords = [np.arange(n) * s for n, s in zip(shape, sp)]
     rng = np.random.default_rng(case.shape_seed)
-    wobble = random_field(rng, np.zeros(3), sp * np.asarray(shape), 30.0)
+    extent = sp * np.asarray(shape) if case.field_extent_mm is None else np.asarray(case.field_extent_mm)
+    wobble = random_field(rng, np.zeros(3), extent, 30.0)
 
     def window(centre, reach):
         sl = []
@@ -395,26 +625,199 @@ def _rasterize(case: ProceduralCase) -> np.ndarray:
     return labels
 
 
-def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0,
-                            shape: tuple[int, int, int] | None = None, progress: bool = True) -> list[str]:
+def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, seed: int) -> tuple[dict, dict]:
+    """Write one procedural case under `effect`; returns (its metadata, the effect's measured values).
+
+    The twin's plan is rasterised first; under slice_mm / tumor_scale the case is re-rasterised
+    from the changed plan and rendered with the twin's labels as the anatomy's reference."""
+    labels = case.labels()
+    acq = case.with_effect(effect)
+    grid, reference, measured = labels, None, {}
+    if acq is not case:
+        grid, reference = acq.labels(), (labels, case.spacing)
+        if effect.tumor_scale != 1.0:   # on the acquired grid, with / without the scaling
+            unscaled = labels if effect.slice_mm is None else case.with_effect(replace(NO_EFFECT, slice_mm=effect.slice_mm)).labels()
+            measured["tumor_volume_ratio"] = round(float(np.count_nonzero(grid == 2)) / np.count_nonzero(unscaled == 2), 4)
+    ct = synthesize_ct(grid, acq.spacing, bmi=case.bmi, rng=np.random.default_rng([seed, case.index, 1]),
+                       reference=reference, **_render_args(effect))
+    written = grid
+    if effect.label_noise:
+        written = jitter_labels(grid, effect.label_noise, np.random.default_rng([seed, case.index, 2]))
+        measured["label_dice"] = _label_dice(written, grid)
+    affine = kits_affine(acq.spacing)
+    case_out = out_dir / case.case_id
+    write_volume(case_out / "imaging.nii.gz", ct, affine=affine, spacing=acq.spacing)
+    write_volume(case_out / "segmentation.nii.gz", written, affine=affine, spacing=acq.spacing)
+    return acq.metadata, measured
+
+
+def _procedural_plans(n_cases: int, seed: int, shape, spec: BiasSpec | None) -> list[ProceduralCase]:
+    """Cases 0 .. n_cases-1; under `share`, the first cases (by index) that fill the quotas."""
+    if spec is None or not spec.share_entries:
+        return [plan_procedural_case(i, seed=seed, shape=shape) for i in range(n_cases)]
+
+    def candidates():
+        for i in itertools.count():
+            plan = plan_procedural_case(i, seed=seed, shape=shape)
+            yield plan.case_id, plan.metadata
+    ids = spec.select_stream(candidates(), n_cases)
+    return [plan_procedural_case(_case_number(c), seed=seed, shape=shape) for c in ids]
+
+
+def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tuple[int, int, int] | None = None,
+                            progress: bool = True, bias: BiasSpec | None = None, twins: bool = False) -> list[str]:
     """Write n_cases procedural cases (case_00000 ...) with kits.json; returns their ids.
 
     shape: (z, y, x) grid; default DEFAULT_SHAPE. The in-plane matrix is exact; the slice count
     varies per case (thin / thick slices over a fixed FOV_Z_MM, see plan_procedural_case).
+    bias: a BiasSpec (data/bias.py): each case gets its effect and kits.json records it as
+    `synthetic_bias`. Under `share` the cohort is the first cases by index that fill the groups'
+    quotas (ids keep their index, so they have gaps); a case without an effect is byte-identical
+    to the case written without a spec. out_dir/synthesis.json records spec, seed, n_cases and
+    shape; another run into the folder must match it. twins: each case with an effect is also
+    written without it into twins_dir(out_dir), with `twin_of` in its kits.json.
     """
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")
+    if twins and bias is None:
+        raise ValueError("twins need a bias spec")
     out_dir = Path(out_dir)
-    ids, entries = [], []
-    for i in _progress(range(n_cases), progress, "procedural CT"):
-        case = plan_procedural_case(i, seed=seed, shape=shape)
-        labels = case.labels()
-        ct = synthesize_ct(labels, case.spacing, bmi=case.bmi, rng=np.random.default_rng([seed, i, 1]))
-        affine = kits_affine(case.spacing)
-        case_out = out_dir / case.case_id
-        write_volume(case_out / "imaging.nii.gz", ct, affine=affine, spacing=case.spacing)
-        write_volume(case_out / "segmentation.nii.gz", labels, affine=affine, spacing=case.spacing)
+    if bias is None:
+        _refuse_biased(out_dir)
+    plans = _procedural_plans(n_cases, seed, shape, bias)
+    effects, _ = _effects(bias, {p.case_id: p.metadata for p in plans}, seed)
+    if bias is not None:
+        record = _synthesis_record(bias, "procedural", seed, n_cases=n_cases,
+                                   shape=list(shape) if shape is not None else None)
+        _claim(out_dir, record)
+        if twins and any(e.acts for e in effects.values()):
+            _claim(twins_dir(out_dir), dict(record, twins_of=out_dir.name))
+    ids, entries, twin_entries = [], [], []
+    for case in _progress(plans, progress, "procedural CT"):
+        effect = effects[case.case_id]
+        meta, measured = _procedural_case(case, effect, out_dir, seed)
+        if bias is not None:
+            meta["synthetic_bias"] = _record(effect, measured)
+        if twins and effect.acts:
+            twin_meta, _ = _procedural_case(case, NO_EFFECT, twins_dir(out_dir), seed)
+            twin_entries.append(_twin_entry(twin_meta, out_dir, meta["synthetic_bias"]))
         ids.append(case.case_id)
-        entries.append(case.metadata)
+        entries.append(meta)
     _merge_metadata(out_dir, entries)
+    if twin_entries:
+        _merge_metadata(twins_dir(out_dir), twin_entries)
     return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Bias mechanisms acting on label maps (data/bias.py says which case gets what)
+# ---------------------------------------------------------------------------------------------
+def resample_z_nearest(labels: np.ndarray, z_mm: float, new_z_mm: float) -> np.ndarray:
+    """slice_mm on a label map: max(1, round(nz * z_mm / new_z_mm)) slices, slice j taken from
+    the original slice nearest to j * new_z_mm (slice 0 stays in place; nearest, never blended)."""
+    nz = labels.shape[0]
+    n_new = max(1, int(round(nz * z_mm / new_z_mm)))
+    idx = np.minimum(np.floor(np.arange(n_new) * (new_z_mm / z_mm) + 0.5).astype(np.intp), nz - 1)
+    return np.ascontiguousarray(labels[idx])
+
+
+def _bbox(mask: np.ndarray, margin, shape) -> tuple[slice, ...] | None:
+    """Index box of a mask's True voxels grown by margin (per axis), or None when empty."""
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hits):
+            return None
+        box.append(slice(max(0, int(hits[0]) - margin[axis]), min(shape[axis], int(hits[-1]) + 1 + margin[axis])))
+    return tuple(box)
+
+
+def scale_tumor(labels: np.ndarray, spacing, factor: float) -> tuple[np.ndarray, float]:
+    """tumor_scale on a real label map: each tumor (connected component of label 2) of n voxels
+    keeps or gains max(1, round(factor * n)) voxels; returns (new labels, new / old tumor voxels).
+
+    factor < 1: the tumor shrinks concentrically: its voxels deepest below its surface (distance
+    in mm) stay tumor; each vacated voxel takes the label of the nearest non-tumor voxel of the
+    original map (kidney where the tumor bordered kidney, background where it bulged out).
+    factor > 1: it grows into the kidney only: the kidney voxels nearest to it (mm) become tumor,
+    as many as there are (the ratio then falls short; it is returned)."""
+    out = labels.copy()
+    tumor = labels == 2
+    n_old = int(np.count_nonzero(tumor))
+    sp = np.asarray(spacing, dtype=np.float64)
+    if n_old == 0 or factor == 1.0:
+        return out, 1.0
+    box = _bbox(tumor, [1, 1, 1], labels.shape)
+    comps, n_comp = ndimage.label(tumor[box])
+    for c in range(1, n_comp + 1):
+        comp = comps == c
+        n = int(np.count_nonzero(comp))
+        keep = max(1, int(round(factor * n)))
+        if keep < n:
+            sub = _bbox(comp, [1, 1, 1], comp.shape)
+            cm, lab = comp[sub], labels[box][sub]
+            depth = ndimage.distance_transform_edt(cm, sampling=sp)
+            order = np.argsort(-depth[cm], kind="stable")
+            gone = np.zeros(int(cm.sum()), dtype=bool)
+            gone[order[keep:]] = True
+            vacated = np.zeros_like(cm)
+            vacated[cm] = gone
+            _, nearest = ndimage.distance_transform_edt(lab == 2, sampling=sp, return_indices=True)
+            view = out[box][sub]
+            view[vacated] = lab[tuple(i[vacated] for i in nearest)]
+        elif keep > n:
+            r_mm = (3.0 * n * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+            reach = [int(math.ceil(2.0 * r_mm * (factor ** (1.0 / 3.0) - 1.0) / s)) + 2 for s in sp]
+            cb = _bbox(comp, [0, 0, 0], comp.shape)
+            whole = tuple(slice(max(0, b.start + q.start - m), min(size, b.start + q.stop + m))
+                          for b, q, m, size in zip(box, cb, reach, labels.shape))
+            cm = np.zeros(tuple(w.stop - w.start for w in whole), dtype=bool)
+            cm[tuple(slice(b.start + q.start - w.start, b.start + q.stop - w.start)
+                     for b, q, w in zip(box, cb, whole))] = comp[cb]
+            dist = ndimage.distance_transform_edt(~cm, sampling=sp)
+            cand = np.flatnonzero(labels[whole] == 1)
+            take = cand[np.argsort(dist.ravel()[cand], kind="stable")[:keep - n]]
+            view = out[whole]
+            idx = np.unravel_index(take, view.shape)
+            view[idx] = 2
+    return out, float(np.count_nonzero(out == 2)) / n_old
+
+
+def jitter_labels(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """label_noise: the kidney outline (label > 0) and the tumor outline (label 2) each moved
+    along the in-plane normal by d(x) = k * tanh(g(x)) voxels, g a smooth unit-variance random
+    field (correlation ~8 voxels in-plane, ~3 slices); |d| < k. A voxel changes label exactly
+    when the moved outline crosses its centre, so only voxels whose centres lie within k + 1/2
+    voxel of the true outline change (at most k layers of voxels). Distances are in-plane in
+    voxel units, as annotators draw slice by slice; the tumor stays inside the kidney outline."""
+    box = _bbox(labels > 0, [0, k + 2, k + 2], labels.shape)
+    out = labels.copy()
+    if box is None:
+        return out
+    lab = labels[box]
+    z_scale = 8.0 / 3.0     # the field's cells are 8 voxels in-plane and 3 slices along z
+    hi = np.asarray(lab.shape, dtype=np.float64) * np.array([z_scale, 1.0, 1.0])
+    fields = [random_field(rng, np.zeros(3), hi, 16.0) for _ in range(2)]   # kidney, tumor outline
+    y, x = np.arange(lab.shape[1]), np.arange(lab.shape[2])
+    edt = ndimage.distance_transform_edt
+    for j in range(lab.shape[0]):     # slice by slice: bounded memory on 500-slice real cases
+        moved = []
+        for mask, f in ((lab[j] > 0, fields[0]), (lab[j] == 2, fields[1])):
+            if not mask.any():
+                moved.append(mask)
+                continue
+            d = k * np.tanh(f.sample(np.array([j * z_scale]), y, x)[0])
+            sd = np.where(mask, edt(mask) - 0.5, 0.5 - edt(~mask))   # signed in-plane distance
+            moved.append(sd + d > 0)
+        fg, tumor = moved
+        out[box][j] = np.where(fg, np.where(tumor & fg, 2, 1), 0)
+    return out
+
+
+def _label_dice(written: np.ndarray, true: np.ndarray) -> dict:
+    """Dice of the jittered reference against the true labels (kidney = label > 0, tumor = 2)."""
+    out = {}
+    for name, a, b in (("kidney", written > 0, true > 0), ("tumor", written == 2, true == 2)):
+        denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+        out[name] = round(2.0 * int(np.count_nonzero(a & b)) / denom, 4) if denom else 1.0
+    return out

@@ -27,6 +27,9 @@ holds more than the label map, the int16 output and a few ~50-slice float32 slab
   3. Each slab is painted back to front (`_render_slab`), the real labels painted last, then
      white noise (std growing with BMI), a Gaussian point-spread blur (partial volume; sigma from
      the voxel size), and a smooth multiplicative + additive bias field are applied.
+Bias mechanisms (data/bias.py) enter as render_ct's `noise`, `contrast`, `blur_mm` and
+`reference` (the twin's labels and grid, from which the anatomy is laid out when the painted
+labels or grid differ); with their defaults the code path and the output are unchanged.
 All smooth random fields are white noise on a coarse grid, Gaussian-smoothed and read back by
 separable linear interpolation (two small matrix products per plane): ~3 flops per voxel, so a
 277 M-voxel case stays within the time budget.
@@ -43,6 +46,8 @@ from scipy import ndimage
 LEFT = 1.0
 
 SLAB = 48  # slices rendered at once; bounds the working memory (float32 slabs of SLAB x Y x X)
+UNENHANCED_HU = 40.0   # `contrast` scales kidney / tumor HU about this level (data/bias.py)
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def noise_std_hu(bmi: float, slice_mm: float) -> float:
 class _Anatomy:
     """All per-case parameters of the synthetic abdomen (mm, HU), drawn once from `rng`."""
 
-    def __init__(self, labels, spacing, bmi, rng):
+    def __init__(self, labels, spacing, bmi, rng, target=None):
         self.shape = tuple(int(s) for s in labels.shape)
         self.sp = np.asarray(spacing, dtype=np.float64)
         self.extent = self.sp * np.asarray(self.shape)
@@ -306,7 +311,8 @@ class _Anatomy:
         self.sinus_frac = u(0.55, 0.7)   # sinus: deeper than this fraction of the deepest kidney point
         self.tumor = _tumor_params(rng)
         # --- image formation ---
-        self.noise_hu = noise_std_hu(self.bmi, float(self.sp[0])) * u(0.85, 1.15)
+        self.noise_u = u(0.85, 1.15)
+        self.noise_hu = noise_std_hu(self.bmi, float(self.sp[0])) * self.noise_u
         self.bias_mult, self.bias_add = u(0.02, 0.06), u(4.0, 15.0)
         self.psf_mm = (u(0.4, 0.7), u(0.5, 0.8), u(0.5, 0.8))
         # --- random fields over the whole volume (and a seed for per-slice noise) ---
@@ -317,8 +323,33 @@ class _Anatomy:
         self.f_cont = random_field(rng, lo, hi, 14.0)      # bowel contents
         self.f_bias = random_field(rng, lo, hi, 160.0)     # scanner bias field
         self.noise_seed = int(rng.integers(0, 2**63 - 1))
-        self.kidney_model = (_KidneyModel(labels, self.sp, self.fg_bbox, self, rng)
-                             if self.fg_bbox is not None else None)
+        self.contrast = 1.0   # enhancement factor of kidney and tumor (a bias mechanism; not drawn)
+        if target is None:
+            self.kidney_model = (_KidneyModel(labels, self.sp, self.fg_bbox, self, rng)
+                                 if self.fg_bbox is not None else None)
+        else:
+            self._retarget(labels, target, rng)
+
+    def _retarget(self, ref_labels, target, rng):
+        """Paint `target` = (labels, spacing) with the anatomy laid out from `ref_labels`.
+
+        Everything drawn so far (placements, intensities, random fields in mm) came from the
+        reference; the kidney model is built from the target's labels on the target's grid, with
+        its random fields over the reference's box, so it consumes exactly the same draws. The
+        noise level follows the target's slice thickness (same per-case draw)."""
+        t_labels, t_sp = target
+        t_sp = np.asarray(t_sp, dtype=np.float64)
+        field_box = None
+        if self.fg_bbox is not None:
+            lo, hi = _kidney_window(self.fg_bbox, self.sp, ref_labels.shape)
+            field_box = (self.sp * np.asarray(lo), self.sp * np.asarray(hi))
+        t_bbox = _find_kidneys(t_labels, t_sp)[1]
+        self.shape = tuple(int(s) for s in t_labels.shape)
+        self.sp = t_sp
+        self.extent = self.sp * np.asarray(self.shape)
+        self.noise_hu = noise_std_hu(self.bmi, float(self.sp[0])) * self.noise_u
+        self.kidney_model = (_KidneyModel(t_labels, self.sp, t_bbox, self, rng, field_box=field_box)
+                             if t_bbox is not None else None)
 
     # -- kidneys -> midline, spine level, organ reference heights --
     def _place_kidneys(self, kidneys):
@@ -397,14 +428,23 @@ def _tumor_params(rng) -> dict:
     return p
 
 
+def _kidney_window(bbox, sp, shape):
+    """Index bounds [lo, hi) of the kidney model's region: the label bounding box plus 15 mm."""
+    margin = [int(math.ceil(15.0 / s)) for s in sp]
+    lo = [max(0, b[0] - m) for b, m in zip(bbox, margin)]
+    hi = [min(n, b[1] + m) for b, n, m in zip(bbox, shape, margin)]
+    return lo, hi
+
+
 class _KidneyModel:
     """Coarse (~1.5 mm) fields over the labelled region: depth below the kidney surface, depth
-    inside the tumor, renal-sinus score, and texture / necrosis noise."""
+    inside the tumor, renal-sinus score, and texture / necrosis noise.
 
-    def __init__(self, labels, sp, bbox, anat: _Anatomy, rng):
-        margin = [int(math.ceil(15.0 / s)) for s in sp]
-        lo = [max(0, b[0] - m) for b, m in zip(bbox, margin)]
-        hi = [min(n, b[1] + m) for b, n, m in zip(bbox, labels.shape, margin)]
+    field_box: (lo_mm, hi_mm) of the random fields; default the region itself (a biased render
+    passes its twin's box, so both draw the same fields)."""
+
+    def __init__(self, labels, sp, bbox, anat: _Anatomy, rng, field_box=None):
+        lo, hi = _kidney_window(bbox, sp, labels.shape)
         f = [max(1, int(math.floor(1.5 / s))) for s in sp]
         sub = np.asarray(labels[lo[0]:hi[0]:f[0], lo[1]:hi[1]:f[1], lo[2]:hi[2]:f[2]])
         cell = sp * np.asarray(f)
@@ -424,11 +464,11 @@ class _KidneyModel:
         self.sinus_depth = max(8.0, anat.sinus_frac * float(depth[kid].max())) if kid.any() else np.inf
         self.tdepth = CoarseField(tdepth, origin, cell)
         self.sinus = CoarseField(sk * (~fg), origin, cell)
-        hi_mm = sp * np.asarray(hi)
-        self.f_col = random_field(rng, origin, hi_mm, 10.0)   # columns of Bertin / pyramids
-        self.f_ttex = random_field(rng, origin, hi_mm, 5.0)   # tumor texture
-        self.f_nec = random_field(rng, origin, hi_mm, 14.0)   # necrosis blobs
-        self.f_sin = random_field(rng, origin, hi_mm, 6.0)    # sinus content
+        f_lo, f_hi = field_box if field_box is not None else (origin, sp * np.asarray(hi))
+        self.f_col = random_field(rng, f_lo, f_hi, 10.0)   # columns of Bertin / pyramids
+        self.f_ttex = random_field(rng, f_lo, f_hi, 5.0)   # tumor texture
+        self.f_nec = random_field(rng, f_lo, f_hi, 14.0)   # necrosis blobs
+        self.f_sin = random_field(rng, f_lo, f_hi, 6.0)    # sinus content
         # necrosis and hypo-enhancing parts: the worst-perfused (deep + noise-high) fractions
         # of the tumor, growing with its size
         tp = anat.tumor
@@ -483,6 +523,8 @@ class _KidneyModel:
             thick = self.anat.cortex_mm * (1.0 + 0.45 * col)  # cortex dips in as columns of Bertin
             w = np.clip((thick - d) / 2.0 + 0.5, 0.0, 1.0)
             kval = hu["medulla"] + (hu["cortex"] - hu["medulla"]) * w + 8.0 * t
+            if self.anat.contrast != 1.0:   # parenchyma enhancement x factor (the sinus below is not)
+                kval = UNENHANCED_HU + self.anat.contrast * (kval - UNENHANCED_HU)
             # KiTS19's kidney label includes the renal sinus: deeper than cortex + medulla lies
             # fat, with the collecting system (urine) and hilar vessels (bright)
             deep = d > self.sinus_depth + 3.0 * col
@@ -501,6 +543,8 @@ class _KidneyModel:
                 score = self.f_nec.sample(zc, yc, xc) + 2.0 * td / self.depth_norm
                 tval = np.where(score > self.hypo_thr, tval + (self.hypo_hu - tp["base"]), tval)
                 tval = np.where(score > self.nec_thr, tp["necro_hu"] + 6.0 * tt, tval)
+            if self.anat.contrast != 1.0:
+                tval = UNENHANCED_HU + self.anat.contrast * (tval - UNENHANCED_HU)
             np.copyto(v, tval, where=tum)
 
 
@@ -1046,21 +1090,45 @@ def _slice_noise(seed: int, index: int, shape) -> np.ndarray:
     return out.reshape(shape)
 
 
-def render_ct(labels: np.ndarray, spacing, *, bmi: float, rng: np.random.Generator) -> np.ndarray:
-    """Synthetic int16 HU volume around `labels` (see data/synthetic.synthesize_ct)."""
+def _check_grid(labels, spacing, what="labels"):
     labels = np.asanyarray(labels)
     if labels.ndim != 3:
-        raise ValueError(f"labels must be a 3-D (z, y, x) array, got shape {labels.shape}")
+        raise ValueError(f"{what} must be a 3-D (z, y, x) array, got shape {labels.shape}")
     sp = np.asarray(spacing, dtype=np.float64)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
         raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing}")
-    an = _Anatomy(labels, sp, bmi, rng)
+    return labels, sp
+
+
+def render_ct(labels: np.ndarray, spacing, *, bmi: float, rng: np.random.Generator, noise: float = 1.0,
+              contrast: float = 1.0, blur_mm: float = 0.0, reference=None) -> np.ndarray:
+    """Synthetic int16 HU volume around `labels` (see data/synthetic.synthesize_ct).
+
+    Acquisition effects (data/bias.py; the defaults change nothing): `noise` multiplies the noise
+    std; `contrast` scales the HU of kidney parenchyma and tumor about UNENHANCED_HU (the kidney /
+    tumor difference x contrast exactly, before blur and noise); `blur_mm` adds a Gaussian point
+    spread of that FWHM (mm, in quadrature with the case's own), the noise std staying the case's.
+    reference: (labels, spacing) of the unbiased twin: the anatomy is laid out from it, so the
+    render shares every random draw with the twin although the labels (tumor_scale) or the grid
+    (slice_mm) differ; None: from `labels` themselves.
+    """
+    labels, sp = _check_grid(labels, spacing)
+    if reference is None:
+        an = _Anatomy(labels, sp, bmi, rng)
+    else:
+        ref_labels, ref_sp = _check_grid(*reference, what="reference labels")
+        an = _Anatomy(ref_labels, ref_sp, bmi, rng, target=(labels, sp))
+    an.contrast = float(contrast)
     # point spread: slice profile (~slice-thickness FWHM) combined with the in-plane kernel, so
     # coarse grids get voxel-sized partial volume and fine grids a ~1 mm blur
-    sigma = np.sqrt((0.425 * sp) ** 2 + np.asarray(an.psf_mm) ** 2) / sp
+    psf2 = (0.425 * sp) ** 2 + np.asarray(an.psf_mm) ** 2
+    if blur_mm > 0:
+        psf2 = psf2 + (float(blur_mm) / FWHM_PER_SIGMA) ** 2
+    sigma = np.sqrt(psf2) / sp
     kernels = [_gauss_kernel(s) for s in sigma]
     white_gain = math.sqrt(float(np.prod([np.sum(k.astype(np.float64) ** 2) for k in kernels])))
-    pre_std = F32(an.noise_hu / white_gain)   # white-noise std before the blur
+    noise_hu = an.noise_hu if noise == 1.0 else an.noise_hu * float(noise)
+    pre_std = F32(noise_hu / white_gain)   # white-noise std before the blur
     halo = len(kernels[0]) // 2
     nz, ny, nx = labels.shape
     order = "F" if (labels.flags.f_contiguous and not labels.flags.c_contiguous) else "C"
