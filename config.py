@@ -80,6 +80,9 @@ DEFAULTS = {
         "mirror": False,                # test-time mirroring (all 8 flips)
         "tile_batch": 2,
         "max_cases": 0,                 # 0: every validation case
+        # case-mix covariates the audits adjust group gaps for (fairness/significance.py): columns
+        # of the per-case table, log_<column> = log(1 + column); [] for no adjusted gap
+        "adjust_for": ["log_tumor_ml", "log_kidney_ml", "bmi"],
     },
     "fairness": {
         "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)

@@ -123,6 +123,12 @@ def open_out_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
+def adjust_for(args) -> list:
+    """The case-mix covariates of the adjusted gap: --adjust-for, else the defaults."""
+    from fairness.significance import DEFAULT_COVARIATES
+    return list(DEFAULT_COVARIATES) if args.adjust_for is None else [c for c in args.adjust_for if c != "none"]
+
+
 def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args, *, title: str,
                   writer=None) -> dict:
     """Print and save the audit of every attribute; returns {attribute name: GroupReport}."""
@@ -133,6 +139,7 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
     reports = {}
     for attribute in attributes:
         rep = group_report(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
+                           n_perm=args.n_perm, covariates=adjust_for(args),
                            n_boot=args.n_boot, seed=args.seed)
         reports[attribute.name] = rep
         print(f"\n{title}, grouped by {attribute.name}:\n{format_report(rep)}")
@@ -396,7 +403,8 @@ def load_methods(args):
                     per_case[attribute.name] = per_case["case_id"].map(groups)
                 orders[attribute.name] = attribute.order
                 by_attr.setdefault(attribute.name, []).append(
-                    audit_groups(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level))
+                    audit_groups(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
+                                 n_perm=args.n_perm, seed=args.seed, covariates=adjust_for(args)))
             runs.append(per_case)
         name = folder.name if folder.name not in methods else str(folder)
         methods[name], frames[name] = by_attr, runs
@@ -528,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="within-group tail: the CVaR of the worst fraction of a group's cases (0.2)")
     st.add_argument("--alpha", type=float, help=argparse.SUPPRESS)  # the old name: refused with its new one
     st.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
+    st.add_argument("--n-perm", type=int, default=5000, help="permutations of the group labels (5000)")
+    st.add_argument("--adjust-for", nargs="+", metavar="COLUMN",
+                    help="case-mix covariates of the adjusted gap: per-case columns, log_<column> for "
+                         "log(1 + column); default log_tumor_ml log_kidney_ml bmi; 'none' for no adjustment")
     st.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")

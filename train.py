@@ -134,7 +134,8 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
         log("evaluating the final weights on the test split (no validation split: best.pt was "
             "chosen on the test cases, so it is not used for the test tables)")
     per_case, _ = trainer.score(data.test_ids)
-    audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test")
+    audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test",
+                        covariates=trainer.cfg["eval"]["adjust_for"])
     write_test_tables(run_dir / "eval", per_case, audits, log=log)
     log(f"\nrun folder: {run_dir} (TensorBoard: tensorboard --logdir {run_dir})")
 

@@ -265,7 +265,8 @@ class Trainer:
         writer.add_scalar("val/mean_dice", score, self.step)
         writer.add_scalar("val/kidney_dice", float(per_case["kidney"].mean()), self.step)
         writer.add_scalar("val/tumor_dice", float(per_case["tumor"].mean()), self.step)
-        log_audits(writer, per_case, self.data.groups_by_attr, self.data.orders, self.step, "val")
+        log_audits(writer, per_case, self.data.groups_by_attr, self.data.orders, self.step, "val",
+                   covariates=self.cfg["eval"]["adjust_for"])
         log_slices(writer, kept, self.step)
         self.log(f"epoch {epoch_done}: validation mean Dice {score:.4f} "
                  f"(kidney {per_case['kidney'].mean():.4f}, tumor {per_case['tumor'].mean():.4f})")

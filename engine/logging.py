@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from fairness.audit import audit_groups
+from fairness.significance import DEFAULT_COVARIATES
 
 
 def log_step(writer, step: int, *, loss: float, levels, per_sample, scalars: dict, cases, train_groups) -> None:
@@ -30,11 +31,12 @@ def log_step(writer, step: int, *, loss: float, levels, per_sample, scalars: dic
             writer.add_scalar(f"train/loss_{attr}/{g}", per_sample[mask].mean().item(), step)
 
 
-def log_audits(writer, per_case: pd.DataFrame, groups_by_attr, orders, step: int, prefix: str) -> dict:
-    """The group audit of each attribute (returned), and its group Dice, SD and SER in TensorBoard."""
+def log_audits(writer, per_case: pd.DataFrame, groups_by_attr, orders, step: int, prefix: str, *,
+               covariates=DEFAULT_COVARIATES) -> dict:
+    """The group audit of each attribute (returned), and its group Dice, SD, SER and p-values in TensorBoard."""
     audits = {}
     for attr in groups_by_attr:
-        audit = audit_groups(per_case, attr, order=orders.get(attr), cvar_level=0.2)
+        audit = audit_groups(per_case, attr, order=orders.get(attr), cvar_level=0.2, covariates=covariates)
         audits[attr] = audit
         if writer is None:
             continue

@@ -28,7 +28,7 @@ import pandas as pd
 
 from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
-from fairness.significance import SUMMARY_COLUMNS, significance_line
+from fairness.significance import DEFAULT_COVARIATES, SUMMARY_COLUMNS, significance_line
 from fairness.tables import ALL_ROW
 
 
@@ -44,8 +44,10 @@ class GroupReport:
 
 
 def group_report(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
-                 cvar_level: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> GroupReport:
-    audit = audit_groups(per_case, group_col, order=order, cvar_level=cvar_level)
+                 cvar_level: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 n_perm: int = 5000, covariates=DEFAULT_COVARIATES) -> GroupReport:
+    audit = audit_groups(per_case, group_col, order=order, cvar_level=cvar_level, n_perm=n_perm, seed=seed,
+                         covariates=covariates)
     order = [g for g in audit.table.index if g != ALL_ROW]
     boot = bootstrap_audit(per_case, group_col, order=order, n_boot=n_boot, seed=seed, level=level)
     test = group_difference_test(per_case, group_col, metric="mean", order=order)

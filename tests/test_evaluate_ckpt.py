@@ -41,10 +41,13 @@ def test_ckpt_predicts_the_test_split_in_the_original_geometry(runs, capsys):
         assert (several["mean_lo"] <= several["mean"] + 1e-12).all() and (several["mean"] <= several["mean_hi"] + 1e-12).all()
         assert single[["mean_lo", "mean_hi"]].isna().all().all()   # one case: no interval, not a zero-width one
         summary = pd.read_csv(ev / f"summary_{attr}.csv", index_col=0)
-        assert {"sd", "ser", "es_dice"} <= set(summary.index)
+        assert {"sd", "ser", "es_dice", "sd_p", "ser_p", "gap_p", "sd_null95", "gap_null95", "mdg80", "gap_adjusted",
+                "gap_adjusted_lo", "gap_adjusted_hi"} <= set(summary.index)
+        assert 0 < summary.loc["gap_p", "value"] <= 1
         for suffix in ("md", "tex", "png"):
             assert (ev / f"{'box' if suffix == 'png' else 'report'}_{attr}.{suffix}").stat().st_size > 0
     assert "Mann-Whitney U" in out and "Kruskal-Wallis" in out and "95% bootstrap CIs" in out
+    assert "noise alone gives up to" in out and "detectable:" in out
     assert any(p.name.startswith("events.out.tfevents") for p in ev.iterdir())
 
 
