@@ -133,3 +133,17 @@ def test_the_printed_line_says_it_in_words():
     assert line.startswith(f"gap {100 * sig['gap']:.1f} points; noise alone gives up to {100 * sig['gap_null95']:.1f} "
                            "with these groups (p = ")
     assert line.endswith(f"detectable: {100 * sig['mdg80']:.1f} points")
+
+
+def test_a_gap_in_one_class_is_tested_apart_from_the_mean_that_dilutes_it():
+    rng = np.random.default_rng(8)
+    n_m, n_f = 14, 10
+    female = np.r_[np.zeros(n_m, bool), np.ones(n_f, bool)]
+    kidney = rng.normal(0.80, 0.08, n_m + n_f) - 0.16 * female          # the planted effect
+    tumor = np.clip(rng.normal(0.15, 0.25, n_m + n_f), 0, 1)            # an incompetent, noisy class
+    per_case = pd.DataFrame({"sex": np.where(female, "female", "male"), "kidney": kidney, "tumor": tumor,
+                             "mean": (kidney + tumor) / 2})
+    sig = significance(per_case, "sex", n_perm=4000, covariates=None)
+    assert sig["kidney_worst"] == "female" and sig["kidney_gap_p"] < 0.01
+    assert sig["kidney_gap"] == pytest.approx(per_case.groupby("sex")["kidney"].mean().agg(lambda m: m.max() - m.min()))
+    assert "by class: kidney gap" in significance_line(sig)
