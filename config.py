@@ -37,6 +37,7 @@ DEFAULTS = {
         "synthesize_cases": 0,       # >0: synthesise a procedural cohort into `raw` when it is missing
         "synthesize_seed": 0,
         "synthesize_shape": None,    # procedural grid (z, y, x); None: the generator's default
+        "synthesize_fov": "abdomen",  # procedural field of view: abdomen (whole grid) | kidneys (cropped around them)
         # known-bias cohorts (SPEC §4, data/bias.py): a bias YAML (relative to the working dir, e.g.
         # configs/bias/low_dose_female.yaml) applied when synthesising; null: no bias. twins: also
         # write each biased case without its effect into `raw`_twins/ (never read for training)
@@ -226,6 +227,8 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
     if isinstance(cfg["fairness"]["method"], list) and len(cfg["fairness"]["method"]) == 1:
         cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
     _check_methods(cfg["fairness"]["method"])
+    if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
+        raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
     return cfg
 
 

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--metadata", type=Path, help="with --from-labels: metadata JSON (default DIR/kits.json)")
     syn.add_argument("--cases", type=int, help="procedural: number of cases")
     syn.add_argument("--shape", type=_ints3, help="procedural: grid z,y,x (default: the generator's demo size)")
+    syn.add_argument("--fov", choices=["abdomen", "kidneys"], default=None,
+                     help="procedural: field of view written, the whole abdomen (default) or a box "
+                          "around the kidneys and tumors with a 25 mm margin")
     syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     syn.add_argument("--bias", type=Path, metavar="FILE",
                      help="bias specification (YAML, e.g. configs/bias/low_dose_female.yaml): group-conditioned "
@@ -112,8 +115,8 @@ def cmd_synthesize(args) -> int:
         raise SystemExit("error: --twins needs --bias FILE (twins are the cases without their bias)")
     bias = load_bias(args.bias) if args.bias is not None else None
     if args.from_labels is not None:
-        if args.cases is not None or args.shape is not None:
-            raise SystemExit("error: --cases/--shape are for the procedural generator, not --from-labels")
+        if args.cases is not None or args.shape is not None or args.fov is not None:
+            raise SystemExit("error: --cases/--shape/--fov are for the procedural generator, not --from-labels")
         written, failures = synthetic.write_cohort_from_labels(
             args.from_labels, args.out, only=args.only, seed=args.seed, metadata_path=args.metadata,
             progress=not args.no_progress, bias=bias, twins=args.twins)
@@ -124,7 +127,7 @@ def cmd_synthesize(args) -> int:
             raise SystemExit("error: --only/--metadata go with --from-labels")
         written = synthetic.write_procedural_cohort(args.out, n_cases=args.cases, seed=args.seed,
                                                     shape=args.shape, progress=not args.no_progress,
-                                                    bias=bias, twins=args.twins)
+                                                    bias=bias, twins=args.twins, fov=args.fov or "abdomen")
         failures = []
     print(f"synthesised {len(written)} case(s) -> {args.out}")
     if bias is not None:

@@ -48,14 +48,31 @@ def synthesise_if_missing(data_cfg: dict, *, progress: bool = True, log=print) -
             + (f" (twins in {twins_dir(raw)})" if twins else ""))
         shape = tuple(data_cfg["synthesize_shape"]) if data_cfg["synthesize_shape"] else None
         write_procedural_cohort(raw, n_cases=data_cfg["synthesize_cases"], seed=data_cfg["synthesize_seed"],
-                                shape=shape, progress=progress, bias=spec, twins=twins)
+                                shape=shape, progress=progress, bias=spec, twins=twins,
+                                fov=data_cfg["synthesize_fov"])
         return
+    _check_fov(raw, data_cfg["synthesize_fov"])
     have = read_synthesis(raw)
     want = spec.sha256 if spec is not None and not spec.is_empty else None
     if _bias_sha(have) != want:
         made = f"with the bias of {have.get('bias_file')}" if _bias_sha(have) else "without a bias"
         raise CaseError(str(raw), f"was synthesised {made}, but data.synthesize_bias is {bias_path or 'null'}; "
                         "delete the folder (and data.cache) or set another data.raw")
+
+
+def _check_fov(raw: Path, fov: str) -> None:
+    """An existing procedural folder must have the config's field of view (kits.json records it)."""
+    path = raw / "kits.json"
+    if not path.is_file():
+        return
+    try:
+        entries = json.loads(path.read_text())
+    except ValueError:
+        return   # preprocessing reports an unreadable kits.json with its own error
+    have = {e.get("synthetic_fov", "abdomen") for e in entries if isinstance(e, dict) and "twin_of" not in e}
+    if have and have != {fov}:
+        raise CaseError(str(raw), f"was synthesised with field of view {', '.join(sorted(have))}, but "
+                        f"data.synthesize_fov is {fov}; delete the folder (and data.cache) or set another data.raw")
 
 
 def _check_cache_source(raw: Path, cache: Path) -> None:

@@ -416,6 +416,14 @@ KIDNEY_OFFSET_MM = (60.0, 88.0)    # kidney centroid to midline (half the real 1
 DEFAULT_SHAPE = (64, 128, 128)
 FOV_Z_MM = 256.0
 
+# Field of view of the written image. "abdomen": the whole grid above. "kidneys": the scan cropped
+# to a box around the kidneys and tumors with KIDNEY_FOV_MARGIN_MM on every side, as a renal-mass
+# protocol reconstructs it: the same anatomy, noise and draws, about half the voxels, so a CPU run
+# spends its patches where the labels are. The box comes from the plan (never the rendered
+# labels) and is shared by a case and its twin.
+FIELDS_OF_VIEW = ("abdomen", "kidneys")
+KIDNEY_FOV_MARGIN_MM = 25.0
+
 
 @dataclass
 class ProceduralCase:
@@ -448,6 +456,14 @@ class ProceduralCase:
     def labels(self) -> np.ndarray:
         """Rasterise kidneys and tumors on the case grid (uint8 {0, 1, 2}, (z, y, x))."""
         return _rasterize(self)
+
+    def organ_box_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) in mm of the reach of every kidney and tumor (what _rasterize may label)."""
+        reaches = [(k["centre"], k["radii"].max() * 1.3) for k in self.kidneys]
+        reaches += [(t["centre"], t["radii"].max() * 1.4) for t in self.tumors]
+        lo = np.min([c - r for c, r in reaches], axis=0)
+        hi = np.max([c + r for c, r in reaches], axis=0)
+        return lo, hi
 
     def with_effect(self, effect: CaseEffect) -> "ProceduralCase":
         """The same patient under `effect`'s slice_mm and tumor_scale (self when neither is set).
@@ -625,11 +641,33 @@ def _rasterize(case: ProceduralCase) -> np.ndarray:
     return labels
 
 
-def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, seed: int) -> tuple[dict, dict]:
+def fov_box_mm(case: ProceduralCase, effect: CaseEffect, fov: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The written field of view in mm, (lo, hi), for `case` and its twin alike; None: the grid."""
+    if fov not in FIELDS_OF_VIEW:
+        raise ValueError(f"unknown field of view {fov!r}; valid: {', '.join(FIELDS_OF_VIEW)}")
+    if fov == "abdomen":
+        return None
+    boxes = [case.organ_box_mm(), case.with_effect(effect).organ_box_mm()]   # tumor_scale may grow one
+    lo = np.min([b[0] for b in boxes], axis=0) - KIDNEY_FOV_MARGIN_MM
+    hi = np.max([b[1] for b in boxes], axis=0) + KIDNEY_FOV_MARGIN_MM
+    return lo, hi
+
+
+def _crop_slices(box_mm, spacing, shape) -> tuple[slice, ...]:
+    """The voxels whose centres (i * spacing) lie in the box, clipped to the grid."""
+    lo, hi = box_mm
+    return tuple(slice(max(0, int(math.ceil(l / s))), min(n, int(math.floor(h / s)) + 1))
+                 for l, h, s, n in zip(lo, hi, spacing, shape))
+
+
+def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, seed: int,
+                     box_mm=None) -> tuple[dict, dict]:
     """Write one procedural case under `effect`; returns (its metadata, the effect's measured values).
 
     The twin's plan is rasterised first; under slice_mm / tumor_scale the case is re-rasterised
-    from the changed plan and rendered with the twin's labels as the anatomy's reference."""
+    from the changed plan and rendered with the twin's labels as the anatomy's reference.
+    box_mm: crop the written image and labels to this box (fov_box_mm); the affine's origin moves
+    with it, so the crop sits where it was in the scanner's frame."""
     labels = case.labels()
     acq = case.with_effect(effect)
     grid, reference, measured = labels, None, {}
@@ -645,6 +683,10 @@ def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, se
         written = jitter_labels(grid, effect.label_noise, np.random.default_rng([seed, case.index, 2]))
         measured["label_dice"] = _label_dice(written, grid)
     affine = kits_affine(acq.spacing)
+    if box_mm is not None:
+        crop = _crop_slices(box_mm, acq.spacing, ct.shape)
+        ct, written = ct[crop], written[crop]
+        affine[:3, 3] = affine[:3, :3] @ np.array([c.start for c in crop], dtype=np.float64)
     case_out = out_dir / case.case_id
     write_volume(case_out / "imaging.nii.gz", ct, affine=affine, spacing=acq.spacing)
     write_volume(case_out / "segmentation.nii.gz", written, affine=affine, spacing=acq.spacing)
@@ -665,7 +707,8 @@ def _procedural_plans(n_cases: int, seed: int, shape, spec: BiasSpec | None) -> 
 
 
 def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tuple[int, int, int] | None = None,
-                            progress: bool = True, bias: BiasSpec | None = None, twins: bool = False) -> list[str]:
+                            progress: bool = True, bias: BiasSpec | None = None, twins: bool = False,
+                            fov: str = "abdomen") -> list[str]:
     """Write n_cases procedural cases (case_00000 ...) with kits.json; returns their ids.
 
     shape: (z, y, x) grid; default DEFAULT_SHAPE. The in-plane matrix is exact; the slice count
@@ -676,7 +719,11 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
     to the case written without a spec. out_dir/synthesis.json records spec, seed, n_cases and
     shape; another run into the folder must match it. twins: each case with an effect is also
     written without it into twins_dir(out_dir), with `twin_of` in its kits.json.
+    fov: "abdomen" (the whole grid) or "kidneys" (cropped around them, FIELDS_OF_VIEW); a cropped
+    case records `synthetic_fov` in kits.json.
     """
+    if fov not in FIELDS_OF_VIEW:
+        raise ValueError(f"unknown field of view {fov!r}; valid: {', '.join(FIELDS_OF_VIEW)}")
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")
     if twins and bias is None:
@@ -688,18 +735,24 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
     effects, _ = _effects(bias, {p.case_id: p.metadata for p in plans}, seed)
     if bias is not None:
         record = _synthesis_record(bias, "procedural", seed, n_cases=n_cases,
-                                   shape=list(shape) if shape is not None else None)
+                                   shape=list(shape) if shape is not None else None,
+                                   **({"fov": fov} if fov != "abdomen" else {}))
         _claim(out_dir, record)
         if twins and any(e.acts for e in effects.values()):
             _claim(twins_dir(out_dir), dict(record, twins_of=out_dir.name))
     ids, entries, twin_entries = [], [], []
     for case in _progress(plans, progress, "procedural CT"):
         effect = effects[case.case_id]
-        meta, measured = _procedural_case(case, effect, out_dir, seed)
+        box = fov_box_mm(case, effect, fov)
+        meta, measured = _procedural_case(case, effect, out_dir, seed, box)
+        if fov != "abdomen":
+            meta["synthetic_fov"] = fov
         if bias is not None:
             meta["synthetic_bias"] = _record(effect, measured)
         if twins and effect.acts:
-            twin_meta, _ = _procedural_case(case, NO_EFFECT, twins_dir(out_dir), seed)
+            twin_meta, _ = _procedural_case(case, NO_EFFECT, twins_dir(out_dir), seed, box)
+            if fov != "abdomen":
+                twin_meta["synthetic_fov"] = fov
             twin_entries.append(_twin_entry(twin_meta, out_dir, meta["synthetic_bias"]))
         ids.append(case.case_id)
         entries.append(meta)

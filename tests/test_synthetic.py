@@ -284,3 +284,41 @@ def test_from_labels_full_resolution_real_case(kits19_dir, tmp_path):
     assert json.loads((tmp_path / "kits.json").read_text()) == [real]
     assert best_band_dice(img.array, lab.array > 0) < 0.8
     assert best_band_dice(img.array, lab.array == 2) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# the kidney field of view
+# ---------------------------------------------------------------------------------------------
+def test_kidney_fov_is_a_crop_of_the_abdomen_with_every_label(tmp_path):
+    """The same voxels, every labelled one kept, the affine's origin where the crop sits."""
+    write_procedural_cohort(tmp_path / "a", n_cases=3, seed=2, shape=SMALL, progress=False)
+    write_procedural_cohort(tmp_path / "k", n_cases=3, seed=2, shape=SMALL, progress=False, fov="kidneys")
+    meta = {m["case_id"]: m for m in json.loads((tmp_path / "k" / "kits.json").read_text())}
+    voxels = []
+    for cid, m in meta.items():
+        assert m["synthetic_fov"] == "kidneys"
+        full_seg, crop_seg = (nib.load(str(tmp_path / d / cid / "segmentation.nii.gz")) for d in ("a", "k"))
+        full_img, crop_img = (np.asarray(nib.load(str(tmp_path / d / cid / "imaging.nii.gz")).dataobj) for d in ("a", "k"))
+        start = np.linalg.solve(full_seg.affine, crop_seg.affine @ np.array([0.0, 0.0, 0.0, 1.0]))[:3]
+        assert np.allclose(start, np.round(start)) and (start >= 0).all()
+        box = tuple(slice(int(round(s)), int(round(s)) + n) for s, n in zip(start, crop_seg.shape))
+        full, crop = np.asarray(full_seg.dataobj), np.asarray(crop_seg.dataobj)
+        assert np.array_equal(full[box], crop) and np.array_equal(full_img[box], crop_img)
+        for c in (1, 2):
+            assert (crop == c).sum() == (full == c).sum() > 0
+        voxels.append(crop.size / full.size)
+    assert max(voxels) < 0.8, voxels
+
+
+def test_kidney_fov_cases_stay_hard_for_a_threshold(tmp_path):
+    """Cropping removes most of the body, not the difficulty (the realism bar above)."""
+    write_procedural_cohort(tmp_path, n_cases=6, seed=0, shape=SMALL, progress=False, fov="kidneys")
+    for cid in sorted(p.name for p in tmp_path.glob("case_*")):
+        ct = np.asarray(nib.load(str(tmp_path / cid / "imaging.nii.gz")).dataobj)
+        labels = np.asarray(nib.load(str(tmp_path / cid / "segmentation.nii.gz")).dataobj)
+        assert best_band_dice(ct, labels > 0) < 0.8 and best_band_dice(ct, labels == 2) < 0.5, cid
+
+
+def test_unknown_fov_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="valid: abdomen, kidneys"):
+        write_procedural_cohort(tmp_path, n_cases=1, shape=TINY, progress=False, fov="pelvis")
