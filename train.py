@@ -29,7 +29,8 @@ from engine.builders import check_choices
 from engine.fit import Env, Trainer, TrainingStopped
 from engine.logging import log_audits
 from engine.rundata import load_run_data
-from engine.runs import create_run_dir, is_finished, new_run_dir, plan_batch, write_test_tables
+from engine.runs import (create_run_dir, is_finished, new_run_dir, plan_batch, planted_bias_line,
+                         write_test_tables)
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
 from models.checkpoint import load_checkpoint
 
@@ -137,6 +138,9 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
     audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test",
                         covariates=trainer.cfg["eval"]["adjust_for"])
     write_test_tables(run_dir / "eval", per_case, audits, log=log)
+    planted = planted_bias_line(data.cache)
+    if planted:
+        log(f"\n{planted}")
     log(f"\nrun folder: {run_dir} (TensorBoard: tensorboard --logdir {run_dir})")
 
 

@@ -54,8 +54,8 @@ def train_cohort(label: str, bias: Path, args, twins: bool) -> Path:
     sets = [f"data.raw={out / f'raw_{label}'}", f"data.cache={out / f'cache_{label}'}",
             f"data.synthesize_cases={args.cases}", f"data.synthesize_bias={bias}", f"data.test={args.test}",
             "data.stratify=sex", f"data.synthesize_twins={'true' if twins else 'false'}",
-            f"train.epochs={args.epochs}", f"train.out_dir={out / 'runs'}"]
-    cmd = [sys.executable, "train.py", "--config", "configs/demo.yaml", "--name", label, "--no-progress",
+            f"train.epochs={args.epochs}", f"eval.every={args.epochs}", f"train.out_dir={out / 'runs'}"]
+    cmd = [sys.executable, "train.py", "--config", args.config, "--name", label, "--no-progress",
            "--seeds", *map(str, args.seeds)]
     for s in sets:
         cmd += ["--set", s]
@@ -97,6 +97,10 @@ def twin_effect(run_dir: Path, biased: pd.DataFrame, twins_raw: Path, log: Path)
     cases = sorted(set(biased["case_id"]) & with_twin)
     twins = evaluated(run_dir, log, extra=["--data", twins_raw, "--cases", ",".join(cases)], name="twins")
     out = {"twin_cases": len(cases)}
+    # the gap splits into what the mechanism costs at test time (the twin effect) and what is left
+    # between men and the women's clean twins (anatomy, or what training on biased cases taught)
+    men = biased.loc[~biased["case_id"].isin(with_twin), "mean"]
+    out["gap_to_twins"] = float(100 * (men.mean() - twins.set_index("case_id").loc[cases, "mean"].mean()))
     for metric in ("mean", "kidney"):
         effect = 100 * (twins.set_index("case_id").loc[cases, metric] - biased.set_index("case_id").loc[cases, metric])
         prefix = "twin_effect" if metric == "mean" else "twin_effect_kidney"
@@ -108,6 +112,7 @@ def twin_effect(run_dir: Path, biased: pd.DataFrame, twins_raw: Path, log: Path)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "planted_bias")
+    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: the demo's)")
     p.add_argument("--bias", type=Path, help="the planted bias file (default: women at noise x --noise)")
     p.add_argument("--noise", type=float, default=5.0, help="noise factor of the default planted bias (5)")
     p.add_argument("--cases", type=int, default=48)

@@ -376,6 +376,26 @@ def _check_cohort_level(entries: list[Entry], source: str) -> None:
                             + ("1 when every group is set" if every else "at most 1"))
 
 
+_WORDS = {"noise": "image noise x{:g}", "slice_mm": "{:g} mm slices", "contrast": "enhancement x{:g}",
+          "blur": "blur {:g} mm FWHM", "tumor_scale": "tumor volume x{:g}",
+          "label_noise": "reference outlines jittered (under {:g} voxels)", "share": "{:.0%} of the cohort"}
+
+
+def describe_bias(normalised: dict) -> str:
+    """A spec's canonical form (BiasSpec.normalised, a synthesis record's `bias`) in words, e.g.
+    'sex female: image noise x5'; '' for the null cohort."""
+    parts = []
+    for attr, groups in normalised.items():
+        for group, mechs in groups.items():
+            words = [_WORDS[k].format(v) for k, v in mechs.items() if k != "hidden"]
+            if "hidden" in mechs:
+                hidden = dict(mechs["hidden"])
+                fraction = hidden.pop("fraction")
+                words.append(f"a hidden {fraction:.0%} of them with " + ", ".join(_WORDS[k].format(v) for k, v in hidden.items()))
+            parts.append(f"{attr} {group}: " + ", ".join(words))
+    return "; ".join(parts)
+
+
 def load_bias(path) -> BiasSpec:
     """Read and validate a bias YAML file (None: the null cohort without a file)."""
     if path is None:

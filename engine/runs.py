@@ -55,6 +55,19 @@ def create_run_dir(run_dir: Path) -> None:
                           "check train.out_dir") from None
 
 
+def planted_bias_line(cache) -> str:
+    """One sentence on the bias planted in a synthetic cohort (its cache's synthesis record); ''
+    when nothing was planted."""
+    from data.bias import describe_bias
+    from data.synthetic import read_synthesis
+
+    record = read_synthesis(cache)
+    if not record or not record.get("bias"):
+        return ""
+    return (f"planted in this cohort ({record.get('bias_file')}): {describe_bias(record['bias'])}; "
+            "the tables above should find it, and stay quiet on the attributes it spares")
+
+
 def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
     """The group tables, then per_case.csv (the "finished" marker), each atomically."""
     from fairness.audit import format_audit

@@ -525,3 +525,46 @@ def test_cli_and_prepare_pass_the_spec(tmp_path, monkeypatch):
         prepare_data(other, progress=False, log=lambda *a: None)
     with pytest.raises(CaseError, match="without a bias|with the bias"):
         prepare_data(dict(cfg["data"], synthesize_bias=None), progress=False, log=lambda *a: None)
+
+
+def test_twins_share_the_kidney_field_of_view(tmp_path):
+    """A case grown by tumor_scale and its twin are cropped to one box (the union of both plans)."""
+    s = spec({"sex": {"male": {"tumor_scale": 3.0}, "female": {"tumor_scale": 3.0}}})
+    write_procedural_cohort(tmp_path / "c", n_cases=2, seed=1, shape=MID, progress=False, bias=s, twins=True,
+                            fov="kidneys")
+    assert json.loads((tmp_path / "c" / SYNTHESIS_FILE).read_text())["fov"] == "kidneys"
+    for cid, m in kits(tmp_path / "c").items():
+        assert m["synthetic_fov"] == "kidneys"
+        biased = read_volume(tmp_path / "c" / cid / "segmentation.nii.gz")
+        twin = read_volume(twins_dir(tmp_path / "c") / cid / "segmentation.nii.gz")
+        assert biased.array.shape == twin.array.shape and np.allclose(biased.affine, twin.affine)
+        assert (biased.array == 2).sum() > 2 * (twin.array == 2).sum()
+
+
+def test_prepare_refuses_a_raw_folder_with_another_field_of_view(tmp_path, monkeypatch):
+    from config import ConfigError, load_config
+    from data.prepare import prepare_data
+    monkeypatch.chdir(tmp_path)
+    sets = ["data.raw=raw", "data.cache=cache", "data.synthesize_cases=3", "data.synthesize_shape=[16,32,32]",
+            "data.test=1", "data.preprocess.target_spacing=[12,12,12]"]
+    cfg = load_config(None, sets + ["data.synthesize_fov=kidneys"])
+    prepare_data(cfg["data"], progress=False, log=lambda *a: None)
+    assert all(m["synthetic_fov"] == "kidneys" for m in kits(tmp_path / "raw").values())
+    with pytest.raises(CaseError, match="field of view kidneys, but data.synthesize_fov is abdomen"):
+        prepare_data(load_config(None, sets)["data"], progress=False, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="synthesize_fov"):
+        load_config(None, sets + ["data.synthesize_fov=pelvis"])
+
+
+def test_a_spec_in_words_and_the_planted_line(tmp_path):
+    from data.bias import describe_bias
+    from engine.runs import planted_bias_line
+    assert describe_bias(load_bias(PRESETS / "low_dose_female.yaml").normalised) == "sex female: image noise x2.5"
+    assert describe_bias(load_bias(PRESETS / "hidden_female.yaml").normalised) == \
+        "sex female: a hidden 30% of them with image noise x3, 20 mm slices"
+    assert describe_bias(load_bias(PRESETS / "none.yaml").normalised) == ""
+    write_procedural_cohort(tmp_path / "b", n_cases=1, seed=0, shape=(16, 32, 32), progress=False,
+                            bias=load_bias(PRESETS / "small_tumors_young.yaml"))
+    line = planted_bias_line(tmp_path / "b")
+    assert line.startswith("planted in this cohort (") and "age [0,50): tumor volume x0.4" in line
+    assert planted_bias_line(tmp_path) == ""          # no synthesis record: nothing planted
