@@ -98,6 +98,8 @@ DEFAULTS = {
             "input": "softmax+image",   # classifier input: softmax+image | image (the control)
             "adversarial": False,       # reverse the gradient reaching the segmenter
             "classifier": {"growth_rate": 8, "block_config": [2, 2, 2], "init_features": 16},
+            "cls_warmup": 0.0,          # cls_weight ramps up linearly over this fraction of training (0: the study)
+            "classifier_lr": None,      # the classifier's own lr (null: the optimiser's, the study)
         },
         # FairDRO's dMoE: experts after these encoder stages (-1 = bottleneck), noisy top-k routers,
         # one per group (router: group) or one for all (shared: the plain-MoE ablation)
@@ -105,7 +107,8 @@ DEFAULTS = {
                  "noise": True, "balance_weight": 0.0},
         # FairDRO's loss: CVaR at cvar_level inside each group (Rockafellar-Uryasev form, the group's
         # threshold tracked with step tau_lr), group weights q_g *= exp(eta * L_g)
-        "dro": {"cvar_level": 0.2, "eta": 0.01, "tau_lr": 0.05},
+        # warmup: this fraction of training on the plain loss first (0: the study)
+        "dro": {"cvar_level": 0.2, "eta": 0.01, "tau_lr": 0.05, "warmup": 0.0},
     },
 }
 OPEN_SECTIONS = {"model"}

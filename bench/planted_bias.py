@@ -109,6 +109,21 @@ def twin_effect(run_dir: Path, biased: pd.DataFrame, twins_raw: Path, log: Path)
     return out
 
 
+def counterfactual(planted: pd.DataFrame, null: pd.DataFrame) -> dict:
+    """The bias's whole effect, case by case: the null cohort is the planted one without the bias
+    (same plans, same split, same seed), so Dice(null model, clean case) - Dice(planted model,
+    biased case) is what planting cost each test case, at training and test time together. Its
+    female - male difference is the part of the planted gap the bias made (the rest is the
+    gap the null cohort has anyway)."""
+    a, b = planted.set_index("case_id"), null.set_index("case_id")
+    if sorted(a.index) != sorted(b.index):
+        return {}
+    cost = 100 * (b["mean"] - a.loc[b.index, "mean"])
+    female, male = cost[b["sex"] == "female"], cost[b["sex"] == "male"]
+    return {"cost_female": float(female.mean()), "cost_male": float(male.mean()),
+            "gap_made_by_bias": float(female.mean() - male.mean())}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "planted_bias")
@@ -131,18 +146,22 @@ def main(argv=None) -> int:
     cohorts = [("planted", planted.resolve(), True)]
     if not args.skip_null:
         cohorts.append(("null", ROOT / "configs" / "bias" / "none.yaml", False))
-    rows = []
+    rows, tables = [], {}
     for label, bias, twins in cohorts:
         batch = train_cohort(label, bias, args, twins)
         for seed in args.seeds:
             run_dir = batch / f"seed{seed}"
             log = args.out / f"{label}.log"
             per_case = evaluated(run_dir, log)
+            tables[label, seed] = per_case
             row = audit_row(label, seed, per_case)
             if twins:
                 row.update(twin_effect(run_dir, per_case, args.out / f"raw_{label}_twins", log))
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    for row in rows:
+        if row["cohort"] == "planted" and ("null", row["seed"]) in tables:
+            row.update(counterfactual(tables["planted", row["seed"]], tables["null", row["seed"]]))
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "planted_bias.csv", index=False)
     shown = table.copy()

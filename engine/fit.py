@@ -200,12 +200,17 @@ class Trainer:
         plain = ((lambda: self.criterion(outputs, label)[0]) if self.cfg["loss"]["batch_dice"]
                  else per_sample.mean)
         step = TrainStep(image=image, label=label, group=group, outputs=outputs, per_sample=per_sample,
-                         plain=plain, amp_dtype=amp, network=unwrap(self.model))
+                         plain=plain, amp_dtype=amp, network=unwrap(self.model), progress=self.progress)
         loss, scalars = None, {}
         for m in self.methods:
             loss, more = m.loss(loss, step)
             scalars.update(more)
         return step.resolve(loss), levels, per_sample, scalars
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the run's steps done before the current one (the mitigations' schedules)."""
+        return self.step / max(1, self.tc["epochs"] * len(self.loader))
 
     def train_step(self, batch, epoch: int, writer) -> int:
         """One optimiser step; returns the patches it trained on (0 for a skipped step)."""

@@ -46,6 +46,7 @@ class TrainStep:
     network: nn.Module = None    # the network (unwrapped), for losses it keeps (dMoE load balance)
     plain: callable = field(repr=False, default=None)   # () -> the plain segmentation loss
     amp_dtype: torch.dtype | None = None
+    progress: float = 1.0        # fraction of training done before this step (mitigations/schedules.py)
 
     @cached_property
     def plain_loss(self) -> torch.Tensor:

@@ -35,8 +35,9 @@ Usage:
     dro = GroupDRO(n_groups=2, cvar_level=0.2, eta=0.01, tau_lr=0.05)
     loss = dro(per_sample_losses, group_index)    # scalar; dro.q, dro.tau, dro.last_tail for logging
 
-In a run: `fairness.method: dro` with `fairness.dro: {cvar_level, eta, tau_lr}` (the DRO class at
-the end, the loss hook; with dMoE that is FairDRO).
+In a run: `fairness.method: dro` with `fairness.dro: {cvar_level, eta, tau_lr, warmup}` (the DRO
+class at the end, the loss hook; with dMoE that is FairDRO). `warmup` > 0 trains on the plain loss
+for that fraction of the run first (mitigations/schedules.py); 0 is the study's DRO from step one.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from mitigations.base import Mitigation
+from mitigations.schedules import check_warmup, started
 
 from fairness.tails import tail_size
 
@@ -139,20 +141,25 @@ class DRO(Mitigation):
 
     def __init__(self, settings: dict, *, index):
         super().__init__(settings, index=index)
-        GroupDRO(n_groups=len(index.groups), **self.settings)   # settings checked before any work
+        self.warmup = check_warmup("fairness.dro.warmup", self.settings.get("warmup", 0.0))
+        self.dro_args = {k: v for k, v in self.settings.items() if k != "warmup"}
+        GroupDRO(n_groups=len(index.groups), **self.dro_args)   # settings checked before any work
 
     def build_module(self):
-        return GroupDRO(n_groups=len(self.index.groups), **self.settings)
+        return GroupDRO(n_groups=len(self.index.groups), **self.dro_args)
 
     def describe(self) -> str:
         s = self.settings
         return (f"DRO loss over {self.index.attribute} ({', '.join(self.index.groups)}): CVaR{s['cvar_level']:g} "
-                f"within groups (threshold step {s['tau_lr']:g}), group weights eta {s['eta']:g}")
+                f"within groups (threshold step {s['tau_lr']:g}), group weights eta {s['eta']:g}"
+                + (f", after the plain loss for the first {self.warmup:.0%} of training" if self.warmup else ""))
 
     def loss(self, loss, step):
+        if not started(step.progress, self.warmup):   # thresholds and weights wait for the warm-up's end
+            return step.resolve(loss), {"dro_active": 0.0}
         dro = self.module
         loss = dro(step.per_sample, step.group)
-        scalars = {}
+        scalars = {"dro_active": 1.0}
         for i, g in enumerate(self.index.groups):
             scalars[f"dro_q/{g}"] = dro.q[i].item()
             if not math.isnan(dro.last_tail[i]):

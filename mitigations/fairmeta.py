@@ -17,7 +17,10 @@ Usage:
     l_cls, logits = branch(image, seg_logits, group_index)
 
 In a run: `fairness.method: fairmeta` with `fairness.fairmeta: {seg_weight, cls_weight, input,
-adversarial, classifier}` (the FairMeta class at the end: the branch, its parameters, the loss).
+adversarial, classifier, cls_warmup, classifier_lr}` (the FairMeta class at the end: the branch,
+its parameters, the loss). cls_warmup > 0 ramps cls_weight up linearly over that fraction of the
+run (mitigations/schedules.py); classifier_lr gives the classifier its own learning rate. 0 and
+null are the study's: beta at full weight from step one, one lr for all.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mitigations.base import Mitigation
+from mitigations.schedules import check_warmup, ramp
 from models.densenet import DenseNet3d
 
 INPUTS = ("softmax+image", "image")
@@ -76,26 +80,40 @@ class FairMeta(Mitigation):
         self.seg_weight, self.cls_weight = s["seg_weight"], s["cls_weight"]
         if s["input"] not in INPUTS:
             raise ValueError(f"unknown fairness.fairmeta.input {s['input']!r}; valid: {', '.join(INPUTS)}")
+        self.cls_warmup = check_warmup("fairness.fairmeta.cls_warmup", s.get("cls_warmup", 0.0))
+        self.classifier_lr = s.get("classifier_lr")
+        if self.classifier_lr is not None and not (isinstance(self.classifier_lr, (int, float)) and self.classifier_lr > 0):
+            raise ValueError(f"fairness.fairmeta.classifier_lr must be a positive number or null, got {self.classifier_lr!r}")
 
     def build_module(self):
         s = self.settings
         return FairMetaBranch(groups=list(self.index.groups), input=s["input"], adversarial=s["adversarial"],
                               **s["classifier"])
 
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.classifier_lr is not None:
+            for g in groups:
+                g["lr"] = float(self.classifier_lr)   # the schedule scales it like the segmenter's
+        return groups
+
     def describe(self) -> str:
         s = self.settings
         return (f"fair meta-learning on {self.index.attribute} ({', '.join(self.index.groups)}): {s['seg_weight']} * "
                 f"L_seg + {s['cls_weight']} * L_cls, classifier input {s['input']}"
-                + (", adversarial" if s["adversarial"] else ""))
+                + (", adversarial" if s["adversarial"] else "")
+                + (f", cls_weight ramped up over the first {self.cls_warmup:.0%} of training" if self.cls_warmup else "")
+                + (f", classifier lr {self.classifier_lr:g}" if self.classifier_lr is not None else ""))
 
     def loss(self, loss, step):
         seg = step.resolve(loss)
         with torch.autocast(device_type=step.image.device.type, dtype=step.amp_dtype,
                             enabled=step.amp_dtype is not None):
             loss_cls, logits = self.call(step.image, step.full_resolution, step.group)
-        scalars = {"L_cls": loss_cls.item()}
+        cls_weight = self.cls_weight * ramp(step.progress, self.cls_warmup)
+        scalars = {"L_cls": loss_cls.item(), "cls_weight": cls_weight}
         hits = (logits.argmax(1) == step.group).float()
         for i, g in enumerate(self.index.groups):
             if (step.group == i).any():
                 scalars[f"cls_accuracy/{g}"] = hits[step.group == i].mean().item()
-        return self.seg_weight * seg + self.cls_weight * loss_cls, scalars
+        return self.seg_weight * seg + cls_weight * loss_cls, scalars
