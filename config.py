@@ -63,7 +63,8 @@ DEFAULTS = {
         "seed": 0,
         "workers": 2,
         "device": "auto",               # auto | cpu | cuda | cuda:N
-        "amp": "auto",                  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | off
+        "amp": "auto",                  # auto (CUDA: bf16 if supported, else fp16; CPU: fp32) | bf16 | fp16 | off
+                                        # (bf16 on a CPU: only with native bf16, AVX512-BF16 / AMX, else fp32)
         "compile": False,
         "channels_last": False,
         "cudnn_benchmark": True,

@@ -134,7 +134,11 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
     else:
         log("evaluating the final weights on the test split (no validation split: best.pt was "
             "chosen on the test cases, so it is not used for the test tables)")
-    per_case, _ = trainer.score(data.test_ids)
+    last = trainer.last_validation
+    if not data.has_validation_split and last and last[0] == trainer.step and last[1] == list(data.test_ids):
+        per_case = last[2]   # the final validation pass scored these very cases with these weights
+    else:
+        per_case, _ = trainer.score(data.test_ids)
     audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test",
                         covariates=trainer.cfg["eval"]["adjust_for"])
     write_test_tables(run_dir / "eval", per_case, audits, log=log)
@@ -154,6 +158,9 @@ def train_run(args) -> int:
     tc = cfg["train"]
     device = pick_device(tc["device"], rank, distributed)
     amp_dtype, use_scaler = amp_settings(tc["amp"], device)
+    if device.type == "cpu" and tc["amp"] == "bf16" and amp_dtype is None:
+        log("note: train.amp=bf16, but this CPU has no native bf16 (AVX512-BF16 / AMX): training in fp32 "
+            "(emulated bf16 would be slower)")
     seed_everything(tc["seed"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = tc["cudnn_benchmark"]

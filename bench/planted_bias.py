@@ -1,26 +1,34 @@
 """Does the audit find a bias that is there, and stay quiet when there is none? (SPEC §4, §5)
 
-Trains the demo recipe (configs/demo.yaml) on two procedural cohorts that differ only in a
-planted bias, with several seeds, and audits each run by sex:
+Trains the demo recipe (configs/demo.yaml: kidney field of view) on two procedural cohorts that
+differ only in a planted bias, with several seeds, and audits each run by sex:
 
-    planted   a bias file (default: low dose for women, noise x --noise) with counterfactual
-              twins: every woman's case also rendered without the effect (same anatomy and draws)
+    planted   a bias file (default configs/bias/poor_protocol_female.yaml: women's scans at noise
+              x3 and enhancement x0.2) with counterfactual twins: every woman's case also rendered
+              without the effect (same anatomy and draws)
     null      configs/bias/none.yaml: the same cohort with no effect
 
 Per run it prints the gap of group mean Dice (male - female, original geometry, evaluate.py
 --ckpt), its permutation p-value, the null's 95th percentile, the minimum detectable gap, the
-gap adjusted for case mix, the same gap and p-value for kidney Dice alone (noise acts on the
-kidney's boundary first) and, for the planted cohort, the twins' per-case effect: Dice of the
-woman's twin minus Dice of her biased case, averaged over the test women (what the mechanism
-costs this model, case by case), for mean and kidney Dice. Writes planted_bias.csv and planted_bias.md in --out.
+gap adjusted for case mix, the same gap and p-value for kidney Dice alone and, for the planted
+cohort:
+    twin_effect        Dice of the woman's twin minus Dice of her biased case, averaged over the
+                       test women: what the mechanism costs this model at test time, case by case
+                       (also for kidney Dice)
+    gap_to_twins       men's mean Dice minus the twins': what is left of the gap without the effect
+    cost_female/male   Dice of the null cohort's model on the clean case minus the planted model's
+                       on the biased one (the null cohort is the planted one unbiased: same plans,
+                       split and seed): what planting cost each group, training and test together;
+                       gap_made_by_bias is their difference
+Writes planted_bias.csv and planted_bias.md in --out.
 
 Runs are kept under --out and reused (a re-issued command resumes by run); synthesis and
-preprocessing happen once per cohort. About 6 to 7 minutes per run on 2 quiet cores at the
-defaults (48 cases, 24 test cases stratified by sex, 70 epochs), plus about a minute of
+preprocessing happen once per cohort. About 9 minutes per run on 2 quiet cores at the defaults
+(72 cases, 40 test cases stratified by sex, 80 epochs of 16 steps), plus about a minute of
 evaluation per run.
 
     python bench/planted_bias.py                           # 3 seeds, planted and null
-    python bench/planted_bias.py --seeds 0 --noise 4 --out bench/out/pb_quick
+    python bench/planted_bias.py --seeds 0 --noise 5 --out bench/out/pb_noise5 --skip-null
 """
 from __future__ import annotations
 
@@ -128,18 +136,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "planted_bias")
     p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: the demo's)")
-    p.add_argument("--bias", type=Path, help="the planted bias file (default: women at noise x --noise)")
-    p.add_argument("--noise", type=float, default=5.0, help="noise factor of the default planted bias (5)")
-    p.add_argument("--cases", type=int, default=48)
-    p.add_argument("--test", type=int, default=24, help="test cases, stratified by sex (24)")
-    p.add_argument("--epochs", type=int, default=70)
+    p.add_argument("--bias", type=Path, default=ROOT / "configs" / "bias" / "poor_protocol_female.yaml",
+                   help="the planted bias file (default: configs/bias/poor_protocol_female.yaml)")
+    p.add_argument("--noise", type=float, help="plant women at this noise factor instead of --bias")
+    p.add_argument("--cases", type=int, default=72)
+    p.add_argument("--test", type=int, default=40, help="test cases, stratified by sex (40)")
+    p.add_argument("--epochs", type=int, default=80, help="epochs of ceil(train cases / batch) steps (80)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--skip-null", action="store_true")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     planted = args.bias
-    if planted is None:
+    if args.noise is not None:
         planted = args.out / "planted.yaml"
         planted.write_text(f"# low dose for women, strong enough for a test set of {args.test}\n"
                            f"sex:\n  female: {{noise: {args.noise:g}}}\n")

@@ -66,6 +66,7 @@ class Trainer:
         for line in filter(None, (m.describe() for m in self.methods)):
             self.log(line)
         self.epoch, self.step, self.best = 0, 0, -math.inf
+        self.last_validation = None   # (step, case ids, per-case table) of the latest validation pass
         self.nonfinite_streak = 0
 
     # --- setup -------------------------------------------------------------------------------------
@@ -266,6 +267,7 @@ class Trainer:
 
     def validate(self, run_dir, writer, epoch_done: int) -> None:
         per_case, kept = self.score(self.data.val_ids, keep=self.tc["image_slices"])
+        self.last_validation = (self.step, list(self.data.val_ids), per_case)   # the test tables may reuse it
         score = float(per_case["mean"].mean())
         writer.add_scalar("val/mean_dice", score, self.step)
         writer.add_scalar("val/kidney_dice", float(per_case["kidney"].mean()), self.step)

@@ -103,7 +103,8 @@ def test_presets_parse_and_plant_what_they_say():
     assert presets["none"].is_empty
     want = {"low_dose_female": "noise", "thick_slices_elderly": "slice_mm", "small_tumors_young": "tumor_scale",
             "hidden_female": "hidden", "low_contrast_elderly": "contrast", "motion_blur_elderly": "blur",
-            "noisy_labels_male": "label_noise", "few_female": "share"}
+            "noisy_labels_male": "label_noise", "few_female": "share", "poor_protocol_female": "contrast",
+            "small_tumors_female": "tumor_scale"}
     for name, mech in want.items():
         text = (PRESETS / f"{name}.yaml").read_text()
         assert text.startswith("#") and "measured" in text.lower(), name     # header: what, why, measured

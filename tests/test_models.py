@@ -67,3 +67,29 @@ def test_registry_errors_list_valid_names():
         build_model({"name": "nnunet", "base_feature": 8}, patch_size=(16, 32, 32))
     with pytest.raises(ValueError, match="not divisible by the network's total stride"):
         build_model({"name": "nnunet", "strides": [[1, 1, 1], [2, 2, 2]], "features": [4, 8]}, patch_size=(15, 32, 32))
+
+
+def test_amp_settings_on_cpu_autocast_only_when_asked():
+    """auto stays fp32 on the CPU (results must not depend on the CPU model); bf16 is explicit."""
+    from config import ConfigError
+    from engine.runtime import amp_settings, cpu_has_native_bf16
+    cpu = torch.device("cpu")
+    assert amp_settings("auto", cpu) == (None, False)
+    assert amp_settings("off", cpu) == (None, False)
+    native = (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
+    assert amp_settings("bf16", cpu) == native
+    assert amp_settings("fp16", cpu) == (None, False)
+    with pytest.raises(ConfigError, match="train.amp must be auto, bf16, fp16 or off, got 'half'"):
+        amp_settings("half", cpu)
+
+
+def test_bf16_channels_last_step_matches_fp32_closely():
+    """The demo's CPU setting (bf16 autocast, channels-last) computes the same network."""
+    torch.manual_seed(0)
+    net = build_model({"name": "nnunet", "base_features": 4, "max_features": 16}, patch_size=(16, 32, 32))
+    x = torch.randn(2, 1, 16, 32, 32)
+    ref = net(x)[0]
+    fast = net.to(memory_format=torch.channels_last_3d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.contiguous(memory_format=torch.channels_last_3d))[0].float()
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
