@@ -64,8 +64,10 @@ def planted_bias_line(cache) -> str:
     record = read_synthesis(cache)
     if not record or not record.get("bias"):
         return ""
+    attrs = " and ".join(record["bias"])
     return (f"planted in this cohort ({record.get('bias_file')}): {describe_bias(record['bias'])}; "
-            "the tables above should find it, and stay quiet on the attributes it spares")
+            f"compare the {attrs} table above with it (a model that trained on the affected cases may have "
+            "learned part of it away; counterfactual twins, data.synthesize_twins, measure it case by case)")
 
 
 def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
