@@ -641,10 +641,8 @@ def _rasterize(case: ProceduralCase) -> np.ndarray:
     return labels
 
 
-def fov_box_mm(case: ProceduralCase, effect: CaseEffect, fov: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _fov_box_mm(case: ProceduralCase, effect: CaseEffect, fov: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The written field of view in mm, (lo, hi), for `case` and its twin alike; None: the grid."""
-    if fov not in FIELDS_OF_VIEW:
-        raise ValueError(f"unknown field of view {fov!r}; valid: {', '.join(FIELDS_OF_VIEW)}")
     if fov == "abdomen":
         return None
     boxes = [case.organ_box_mm(), case.with_effect(effect).organ_box_mm()]   # tumor_scale may grow one
@@ -661,13 +659,14 @@ def _crop_slices(box_mm, spacing, shape) -> tuple[slice, ...]:
 
 
 def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, seed: int,
-                     box_mm=None) -> tuple[dict, dict]:
+                     fov: str = "abdomen", box_mm=None) -> tuple[dict, dict]:
     """Write one procedural case under `effect`; returns (its metadata, the effect's measured values).
 
     The twin's plan is rasterised first; under slice_mm / tumor_scale the case is re-rasterised
     from the changed plan and rendered with the twin's labels as the anatomy's reference.
-    box_mm: crop the written image and labels to this box (fov_box_mm); the affine's origin moves
-    with it, so the crop sits where it was in the scanner's frame."""
+    box_mm: crop the written image and labels to this box (_fov_box_mm of the field of view `fov`,
+    which the metadata records); the affine's origin moves with it, so the crop sits where it was
+    in the scanner's frame."""
     labels = case.labels()
     acq = case.with_effect(effect)
     grid, reference, measured = labels, None, {}
@@ -690,7 +689,10 @@ def _procedural_case(case: ProceduralCase, effect: CaseEffect, out_dir: Path, se
     case_out = out_dir / case.case_id
     write_volume(case_out / "imaging.nii.gz", ct, affine=affine, spacing=acq.spacing)
     write_volume(case_out / "segmentation.nii.gz", written, affine=affine, spacing=acq.spacing)
-    return acq.metadata, measured
+    meta = acq.metadata
+    if fov != "abdomen":
+        meta["synthetic_fov"] = fov
+    return meta, measured
 
 
 def _procedural_plans(n_cases: int, seed: int, shape, spec: BiasSpec | None) -> list[ProceduralCase]:
@@ -743,16 +745,12 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
     ids, entries, twin_entries = [], [], []
     for case in _progress(plans, progress, "procedural CT"):
         effect = effects[case.case_id]
-        box = fov_box_mm(case, effect, fov)
-        meta, measured = _procedural_case(case, effect, out_dir, seed, box)
-        if fov != "abdomen":
-            meta["synthetic_fov"] = fov
+        box = _fov_box_mm(case, effect, fov)
+        meta, measured = _procedural_case(case, effect, out_dir, seed, fov, box)
         if bias is not None:
             meta["synthetic_bias"] = _record(effect, measured)
         if twins and effect.acts:
-            twin_meta, _ = _procedural_case(case, NO_EFFECT, twins_dir(out_dir), seed, box)
-            if fov != "abdomen":
-                twin_meta["synthetic_fov"] = fov
+            twin_meta, _ = _procedural_case(case, NO_EFFECT, twins_dir(out_dir), seed, fov, box)
             twin_entries.append(_twin_entry(twin_meta, out_dir, meta["synthetic_bias"]))
         ids.append(case.case_id)
         entries.append(meta)
