@@ -1,59 +1,78 @@
-"""The mitigations' effect at CPU size: baseline, RESM, stratified batches, fair meta-learning and
-FairDRO (with its ablations: dMoE only, DRO only, plain MoE + DRO) for the sex attribute, each
-trained with the same small budget on the procedural cohort, then one table of kidney / tumor /
-mean Dice, per-sex Dice, SD, SER, worst-group Dice, ES-Dice, worst-group CVaR20 and the
-Mann-Whitney p of the sexes' per-case Dice (the study's Tables 2-3, in miniature).
+"""The study's mitigation matrix at CPU size: every shipped mitigation and architecture config,
+trained at one budget on one procedural cohort, several seeds, audited by one attribute.
 
-    python bench/fairness_matrix.py --methods baseline resm_sex stratified_sex fairmeta_sex   # ~25 min, 2 quiet cores
-    python bench/fairness_matrix.py                       # all eight methods, ~50 min
-    python bench/fairness_matrix.py --epochs 10 --cases 24 --methods baseline resm_sex   # quicker look
+    python bench/fairness_matrix.py                                  # the matrix budget, seed 0 (~60 min)
+    python bench/fairness_matrix.py --seeds 0 1 2 --bias configs/bias/small_tumors_female.yaml
+    python bench/fairness_matrix.py --methods baseline resm_sex --epochs 10 --cases 24 --test 10   # a quick look
 
-Every method starts from configs/demo.yaml (the CPU-sized recipe) with the mitigation's
-sampler / fairness section from its own config (configs/resm_sex.yaml, ...), the same seed, the
-same cohort, the same sex-stratified split, and the same number of epochs. Runs go to
---out/runs/METHOD (an existing run is reused, so an interrupted bench resumes by method).
+The budget (the defaults): configs/demo.yaml's recipe (kidney field of view, nnU-Net 8 -> 64
+features, AdamW 3e-3 poly, batch Dice, bf16 where native) on 72 procedural cases, 40 test cases
+stratified by the attribute, 80 epochs of 16 steps (1280 steps, about 5 minutes a run on 2 cores).
+The cohort carries the bias of --bias only (default: none; the demo's own planted bias is not used).
+
+Each method is a shipped config (configs/resm_sex.yaml, ...) with extra settings: its model name,
+sampler and fairness sections are laid over the demo recipe, so the methods differ only in what
+their config changes; the cohort, the split, the seeds and the budget are the same. Runs go to
+--out/runs/METHOD/seedK via train.py; a finished run (eval/per_case.csv) is reused, so a
+re-issued command resumes by run. A run folder without a result is an interrupted run: it is
+continued with train.py --resume.
+
+Per run: kidney / tumor / mean Dice of the test split, per-group mean Dice, SD, SER, worst group,
+ES-Dice, worst-group CVaR20, the gap between the first two groups with its permutation p-value
+(fairness/significance.py), and the wall minutes. Summary: mean +- std over seeds, and each
+method's mean Dice as a share of the baseline's (a mitigation that kills the segmenter is "fair"
+and useless). Writes runs.csv, summary.csv and summary.md under --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-
-import train  # noqa: E402
 from config import load_config  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
-from fairness.stats import group_difference_test  # noqa: E402
+from fairness.report import to_markdown  # noqa: E402
 
+ATTRIBUTE_ORDER = {"sex": ["male", "female"], "age": None}
+
+# method -> "config.yaml [section.key=value ...]"; ATTR in the spec becomes the attribute
 METHODS = {
     "baseline": "baseline_nnunet.yaml",
-    "resm_sex": "resm_sex.yaml",
-    "stratified_sex": "stratified_sex.yaml",
-    "fairmeta_sex": "fairmeta_sex.yaml",
-    "fairmeta_image_sex": "fairmeta_sex.yaml fairness.fairmeta.input=image",  # control: L_cls cannot reach the segmenter
-    "fairmeta_a2_b1_sex": "fairmeta_sex.yaml fairness.fairmeta.seg_weight=2.0 fairness.fairmeta.cls_weight=1.0",  # the sweep's lightest L_cls
-    "fairdro_sex": "fairdro_sex.yaml",
-    "dmoe_only_sex": "fairdro_sex_dmoe_only.yaml",
-    "dro_only_sex": "fairdro_sex_dro_only.yaml",
-    "plain_moe_dro_sex": "fairdro_sex_plain_moe.yaml",
-    "fairdro_a05_sex": "fairdro_sex.yaml fairness.dro.cvar_level=0.5",  # a wider tail: more samples give gradient
-    "dro_only_a05_sex": "fairdro_sex_dro_only.yaml fairness.dro.cvar_level=0.5",
-    "dro_a1_eta0_sex": "fairdro_sex_dro_only.yaml fairness.dro.cvar_level=1.0 fairness.dro.eta=0.0",  # = ERM on DRO's per-sample loss
-    "dmoe_balanced_sex": "fairdro_sex_dmoe_only.yaml fairness.dmoe.balance_weight=0.01",  # load-balancing loss on
+    "resm": "resm_ATTR.yaml",
+    "stratified": "stratified_ATTR.yaml",
+    "fairmeta": "fairmeta_ATTR.yaml",
+    "fairdro": "fairdro_ATTR.yaml",
+    "dmoe_only": "fairdro_sex_dmoe_only.yaml fairness.attribute=ATTR",
+    "dro_only": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR",
+    "plain_moe_dro": "fairdro_sex_plain_moe.yaml fairness.attribute=ATTR",
+    "unet": "unet.yaml",
+    "vnet": "vnet.yaml",
+    "attention_unet": "attention_unet.yaml",
+    # variants, not in the default list
+    "fairmeta_image": "fairmeta_ATTR.yaml fairness.fairmeta.input=image",  # control: L_cls cannot reach the segmenter
+    "fairdro_study": "fairdro_ATTR.yaml fairness.dro.warmup=0.0",            # DRO from the first step
+    "dro_only_study": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR fairness.dro.warmup=0.0",
 }
+DEFAULT_METHODS = ["baseline", "resm", "stratified", "fairmeta", "fairdro", "dmoe_only", "dro_only",
+                   "plain_moe_dro", "unet", "vnet", "attention_unet"]
+# the model keys a method's config may change; widths stay the recipe's so only the design differs
+MODEL_KEYS = ("name", "deep_supervision")
 
 
-def mitigation_overrides(spec: str) -> list[str]:
-    """The sampler and fairness sections (the mitigation and its settings) of a study config, as
-    --set overrides. spec: "config.yaml [section.key=value ...]"."""
-    config_name, *extra = spec.split()
+def method_overrides(spec: str, attribute: str) -> list[str]:
+    """The model name, sampler and fairness sections of a shipped config, as --set overrides."""
+    config_name, *extra = spec.replace("ATTR", attribute).split()
     cfg = load_config(ROOT / "configs" / config_name, extra)
-    sets = [f"sampler.{k}={json.dumps(v)}" for k, v in cfg["sampler"].items()]
+    sets = [f"model.{k}={json.dumps(cfg['model'][k])}" for k in MODEL_KEYS if k in cfg["model"]]
+    sets += [f"sampler.{k}={json.dumps(v)}" for k, v in cfg["sampler"].items()]
     for k, v in cfg["fairness"].items():
         if isinstance(v, dict):
             sets += [f"fairness.{k}.{kk}={json.dumps(vv)}" for kk, vv in v.items()]
@@ -62,53 +81,54 @@ def mitigation_overrides(spec: str) -> list[str]:
     return sets
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fairness_matrix")
-    p.add_argument("--cases", type=int, default=32, help="procedural cohort size (default 32)")
-    p.add_argument("--test", type=int, default=10, help="test cases, stratified by sex (default 10)")
-    p.add_argument("--epochs", type=int, default=40, help="epochs per method (default 40)")
-    p.add_argument("--batch", type=int, default=2, help="batch size (2: stratified gives 1 + 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                   help="default: all; the study's four are baseline resm_sex stratified_sex fairmeta_sex")
-    args = p.parse_args(argv)
+def train_run(method: str, seed: int, args) -> Path:
+    """Train (or continue) one run; its folder."""
+    run = args.out / "runs" / method / f"seed{seed}"
+    if (run / "eval" / "per_case.csv").is_file():
+        return run
+    log = args.out / "logs" / f"{method}_seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if (run / "last.pt").is_file():
+        cmd = [sys.executable, "train.py", "--resume", str(run), "--no-progress"]
+        what = "continuing"
+    else:
+        cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
+        for s in common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute):
+            cmd += ["--set", s]
+        what = "training"
+    print(f"== {method} seed {seed}: {what} {args.epochs} epochs (log {log})", flush=True)
+    start = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        done = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0 or not (run / "eval" / "per_case.csv").is_file():
+        sys.exit(f"error: {method} seed {seed} failed (exit {done.returncode}); see {log}")
+    print(f"   done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return run
 
-    common = [f"data.raw={args.out / 'raw'}", f"data.cache={args.out / 'cache'}",
-              f"data.synthesize_cases={args.cases}", f"data.synthesize_seed={args.seed}",
-              f"data.test={args.test}", "data.stratify=sex", f"train.out_dir={args.out / 'runs'}",
-              f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.seed={args.seed}",
-              f"eval.every={args.epochs}", "train.log_every=1000"]
-    rows = []
-    for method in args.methods:
-        run = args.out / "runs" / method
-        if not (run / "eval" / "per_case.csv").is_file():
-            if run.exists():
-                print(f"{method}: incomplete run folder {run}; remove it to rerun", file=sys.stderr)
-                return 2
-            argv_train = ["--config", str(ROOT / "configs" / "demo.yaml"), "--name", method, "--no-progress"]
-            for s in common + mitigation_overrides(METHODS[method]):
-                argv_train += ["--set", s]
-            print(f"== {method}: training {args.epochs} epochs", flush=True)
-            train.main(argv_train)
-        per_case = pd.read_csv(run / "eval" / "per_case.csv")
-        audit = audit_groups(per_case, "sex", order=["male", "female"])
-        t, s = audit.table, audit.summary
-        worst_cvar_group = min(audit.cvar, key=lambda g: audit.cvar[g])
-        test = group_difference_test(per_case, "sex", metric="mean", order=["male", "female"])
-        rows.append({"method": method, "kidney": 100 * t.loc["all", "kidney"], "tumor": 100 * t.loc["all", "tumor"],
-                     "mean": 100 * t.loc["all", "mean"], "male": 100 * t.loc["male", "mean"],
-                     "female": 100 * t.loc["female", "mean"], "SD sex": 100 * s["sd"], "SER sex": s["ser"],
-                     "worst": 100 * s["worst"], "ES-Dice": 100 * s["es_dice"],
-                     "worst CVaR20": 100 * audit.cvar[worst_cvar_group], "MWU p": test["p"],
-                     "minutes": run_minutes(run)})
-    table = pd.DataFrame(rows).set_index("method")
-    print(f"\nprocedural cohort: {args.cases} cases (seed {args.seed}), {args.test} test cases stratified by sex, "
-          f"{args.epochs} epochs per method, batch {args.batch}; Dice in %, SD in Dice %\n")
-    print(table.round(2).to_markdown() if _has_tabulate() else table.round(2).to_string())
-    table.to_csv(args.out / "fairness_matrix.csv")
-    print(f"\ntable -> {args.out / 'fairness_matrix.csv'}")
-    return 0
+
+def common_overrides(args, seed: int) -> list[str]:
+    sets = [f"data.raw={args.out / 'raw'}", f"data.cache={args.out / 'cache'}",
+            f"data.synthesize_cases={args.cases}", f"data.test={args.test}", f"data.stratify={args.attribute}",
+            f"train.out_dir={args.out / 'runs'}", f"train.epochs={args.epochs}", f"train.seed={seed}",
+            f"eval.every={args.epochs}", "train.log_every=1000",
+            f"data.synthesize_bias={args.bias if args.bias is not None else 'null'}"]  # not the recipe's own
+    return sets
+
+
+def run_row(method: str, seed: int, run: Path, attribute: str) -> dict:
+    per_case = pd.read_csv(run / "eval" / "per_case.csv")
+    audit = audit_groups(per_case, attribute, order=ATTRIBUTE_ORDER.get(attribute))
+    t, s, sig = audit.table, audit.summary, audit.significance
+    groups = [g for g in t.index if g != "all"]
+    row = {"method": method, "seed": seed, "kidney": 100 * t.loc["all", "kidney"],
+           "tumor": 100 * t.loc["all", "tumor"], "mean": 100 * t.loc["all", "mean"]}
+    row.update({str(g): 100 * t.loc[g, "mean"] for g in groups})
+    row.update({"SD": 100 * s["sd"], "SER": s["ser"], "worst": 100 * s["worst"], "ES-Dice": 100 * s["es_dice"],
+                "worst CVaR20": 100 * min(audit.cvar.values()), "gap": 100 * sig["gap"], "gap p": sig["gap_p"],
+                "minutes": run_minutes(run)})
+    return row
 
 
 def run_minutes(run: Path) -> float:
@@ -116,12 +136,58 @@ def run_minutes(run: Path) -> float:
     return ((run / "eval" / "per_case.csv").stat().st_mtime - (run / "config.yaml").stat().st_mtime) / 60
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """mean +- std over seeds per method, and mean Dice as a share of the baseline's."""
+    numeric = [c for c in runs.columns if c not in ("method", "seed")]
+    grouped = runs.groupby("method", sort=False)
+    mean, std = grouped[numeric].mean(), grouped[numeric].std(ddof=1)
+    out = pd.DataFrame(index=mean.index)
+    out["seeds"] = grouped.size()
+    for col in numeric:
+        out[col] = [_pm(m, s, col) for m, s in zip(mean[col], std[col])]
+    if "baseline" in mean.index:
+        out["% of baseline"] = (100 * mean["mean"] / mean.loc["baseline", "mean"]).round(0).astype(int)
+    return out
+
+
+def _pm(mean: float, std: float, col: str) -> str:
+    digits = 3 if col.endswith(" p") else 2 if col == "SER" else 1
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fairness_matrix")
+    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: the demo's)")
+    p.add_argument("--attribute", default="sex", choices=sorted(ATTRIBUTE_ORDER))
+    p.add_argument("--bias", type=Path, help="a bias file planted in the cohort (default: none)")
+    p.add_argument("--cases", type=int, default=72, help="procedural cohort size (72)")
+    p.add_argument("--test", type=int, default=40, help="test cases, stratified by the attribute (40)")
+    p.add_argument("--epochs", type=int, default=80, help="epochs of ceil(train cases / batch) steps (80)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.bias is not None:
+        args.bias = args.bias.resolve()
+    rows = []
+    for seed in args.seeds:
+        for method in args.methods:
+            rows.append(run_row(method, seed, train_run(method, seed, args), args.attribute))
+            pd.DataFrame(rows).to_csv(args.out / "runs.csv", index=False)
+    runs = pd.DataFrame(rows)
+    summary = summarise(runs)
+    summary.to_csv(args.out / "summary.csv")
+    bias = args.bias.name if args.bias is not None else "none"
+    header = (f"procedural cohort: {args.cases} cases, bias {bias}, {args.test} test cases stratified by "
+              f"{args.attribute}, {args.epochs} epochs per run, seeds {' '.join(map(str, args.seeds))}; "
+              f"Dice in %, SD in Dice %, gap = {' - '.join(map(str, (ATTRIBUTE_ORDER.get(args.attribute) or [])[:2])) or 'first - second group'}")
+    (args.out / "summary.md").write_text(header + "\n\n" + to_markdown(summary))
+    print("\n" + header + "\n")
+    print(summary.to_string())
+    print(f"\ntables -> {args.out / 'summary.md'}, {args.out / 'runs.csv'}")
+    return 0
 
 
 if __name__ == "__main__":
