@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--bias", type=Path, metavar="FILE",
                      help="bias specification (YAML, e.g. configs/bias/low_dose_female.yaml): group-conditioned "
                           "noise, slice_mm, contrast, blur, tumor_scale, label_noise, share, hidden")
+    syn.add_argument("--label-scheme", help="with --from-labels: how the label values map onto ours, like "
+                     "`run --label-scheme`: kits19 (default), kits23-cyst-kidney, kits23-cyst-background, "
+                     "or a map like 0:0,1:1,2:2,3:1; the written label maps hold the mapped values")
     syn.add_argument("--twins", action="store_true",
                      help="with --bias: also write each biased case without its effect into OUT_twins/")
     syn.add_argument("--no-progress", action="store_true")
@@ -114,13 +117,21 @@ def cmd_synthesize(args) -> int:
     if args.twins and args.bias is None:
         raise SystemExit("error: --twins needs --bias FILE (twins are the cases without their bias)")
     bias = load_bias(args.bias) if args.bias is not None else None
+    if args.label_scheme is not None:
+        from data.labels import LabelScheme
+        try:
+            LabelScheme.parse(args.label_scheme)
+        except ValueError as exc:
+            raise SystemExit(f"error: --label-scheme: {exc}") from None
     if args.from_labels is not None:
         if args.cases is not None or args.shape is not None or args.fov is not None:
             raise SystemExit("error: --cases/--shape/--fov are for the procedural generator, not --from-labels")
         written, failures = synthetic.write_cohort_from_labels(
             args.from_labels, args.out, only=args.only, seed=args.seed, metadata_path=args.metadata,
-            progress=not args.no_progress, bias=bias, twins=args.twins)
+            progress=not args.no_progress, bias=bias, twins=args.twins, label_scheme=args.label_scheme)
     else:
+        if args.label_scheme is not None:
+            raise SystemExit("error: --label-scheme goes with --from-labels (procedural cases are written in ours)")
         if args.cases is None:
             raise SystemExit("error: give --cases N (procedural) or --from-labels DIR")
         if args.only or args.metadata:

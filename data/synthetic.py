@@ -73,6 +73,7 @@ from scipy import ndimage
 from data.atomic import atomic_write
 from data.bias import NO_EFFECT, BiasSpec, CaseEffect
 from data.errors import CaseError
+from data.labels import LabelScheme
 from data.nifti import kits_affine, read_volume, write_volume
 from data.synthetic_anatomy import LEFT, random_field, render_ct
 
@@ -247,7 +248,8 @@ def _checked_labels(case_id: str, labels: np.ndarray) -> np.ndarray:
         raise CaseError(case_id, f"label map has non-integer dtype {labels.dtype}")
     top = int(labels.max()) if labels.size else 0
     if top > 2 or (labels.dtype.kind == "i" and int(labels.min()) < 0):
-        raise CaseError(case_id, f"label values outside the scheme {{0, 1, 2}} (max {top})")
+        raise CaseError(case_id, f"label values outside the scheme {{0, 1, 2}} (max {top}); a KiTS21/23 map "
+                        "(3 = cyst) needs --label-scheme, e.g. kits23-cyst-kidney")
     return labels
 
 
@@ -266,37 +268,45 @@ def _biased_labels(labels, spacing, affine, effect: CaseEffect):
 
 
 def _from_labels_case(case_id: str, meta: dict, seg_path: Path, case_out: Path, seed: int,
-                      effect: CaseEffect = NO_EFFECT) -> dict:
+                      effect: CaseEffect = NO_EFFECT, scheme: LabelScheme | None = None) -> dict:
     """Synthesise one case's CT around its real label map; returns the effect's measured values.
 
-    Without an effect the label map is copied byte for byte and the CT rendered around it. With
-    one, the label map is resampled (slice_mm) and its tumor scaled (tumor_scale), the CT is
-    rendered around that with the acquisition effects and the twin's draws (reference = the real
-    labels), and the written reference is jittered (label_noise)."""
+    Without an effect the label map is copied byte for byte (written mapped when `scheme` changes
+    a value present, e.g. a KiTS23 cyst) and the CT rendered around it. With one, the label map is
+    resampled (slice_mm) and its tumor scaled (tumor_scale), the CT is rendered around that with
+    the acquisition effects and the twin's draws (reference = the real labels), and the written
+    reference is jittered (label_noise)."""
     bmi = _bmi_of(case_id, meta)
     vol = read_volume(seg_path, where=case_id)
-    labels = _checked_labels(case_id, vol.array)
+    raw = vol.array
+    labels = _checked_labels(case_id, raw if scheme is None else scheme.apply(raw, where=case_id))
+    mapped = labels is not raw and not np.array_equal(labels, raw)
     rng = np.random.default_rng([seed, _case_number(case_id)])
     if not effect.acts:
         ct = synthesize_ct(labels, vol.spacing, bmi=bmi, rng=rng)
-        labels = vol.array = None   # free the label map before writing
+        if not mapped:
+            labels = None
+        raw = vol.array = None   # free the label map before writing
         case_out.mkdir(parents=True, exist_ok=True)
         write_volume(case_out / "imaging.nii.gz", ct, affine=vol.affine, header=vol.header)
         del ct
-        _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
+        if mapped:
+            write_volume(case_out / "segmentation.nii.gz", labels, affine=vol.affine, header=vol.header)
+        else:
+            _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
         return {}
     grid, spacing, affine, measured = _biased_labels(labels, vol.spacing, vol.affine, effect)
     same_labels = grid is labels
     ct = synthesize_ct(grid, spacing, bmi=bmi, rng=rng, reference=None if same_labels else (labels, vol.spacing),
                        **_render_args(effect))
-    labels = vol.array = None   # free the real label map (when it was changed) before writing
+    labels = raw = vol.array = None   # free the real label map (when it was changed) before writing
     written = grid
     if effect.label_noise:
         written = jitter_labels(grid, effect.label_noise, np.random.default_rng([seed, _case_number(case_id), 2]))
         measured["label_dice"] = _label_dice(written, grid)
     zooms = spacing if effect.slice_mm is not None else None
     write_volume(case_out / "imaging.nii.gz", ct, affine=affine, header=vol.header, spacing=zooms)
-    if same_labels and not effect.label_noise:    # acquisition effects only: the reference as it is
+    if same_labels and not effect.label_noise and not mapped:   # acquisition effects only: the reference as it is
         _copy_atomic(seg_path, case_out / "segmentation.nii.gz")
     else:
         write_volume(case_out / "segmentation.nii.gz", written, affine=affine, header=vol.header, spacing=zooms)
@@ -317,7 +327,7 @@ def _select_from_labels(spec: BiasSpec | None, case_ids: list[str], meta_by_id: 
 
 def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = None, seed: int = 0,
                              metadata_path=None, progress: bool = True, bias: BiasSpec | None = None,
-                             twins: bool = False) -> tuple[list[str], list[CaseError]]:
+                             twins: bool = False, label_scheme: str | None = None) -> tuple[list[str], list[CaseError]]:
     """Synthesise CT for real KiTS19 label maps; returns (complete case ids, per-case failures).
 
     label_dir holds case_XXXXX/segmentation.nii.gz and (unless metadata_path says otherwise)
@@ -336,8 +346,14 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
     run with other ones into the same folder is refused. twins: each case with an effect is also
     written without it into twins_dir(out_dir) (same case id, same draws; `twin_of` in its
     kits.json).
+
+    label_scheme: how the source's label values map onto ours (data/labels.py), e.g.
+    "kits23-cyst-kidney" for KiTS21/23 maps with label 3 = cyst; the label maps written hold the
+    mapped values, and each case's kits.json entry records the scheme (`synthetic_label_scheme`).
+    None: KiTS19's {0, 1, 2}, anything else refused.
     """
     label_dir, out_dir = Path(label_dir), Path(out_dir)
+    scheme = LabelScheme.parse(label_scheme) if label_scheme is not None else None
     if twins and bias is None:
         raise ValueError("twins need a bias spec")
     meta_by_id = _load_metadata(Path(metadata_path) if metadata_path else label_dir / "kits.json")
@@ -368,9 +384,11 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
             if meta is None:
                 raise CaseError(case_id, "no entry in the metadata file")
             seg_path = label_dir / case_id / "segmentation.nii.gz"
+            if scheme is not None:
+                meta = dict(meta, synthetic_label_scheme=str(scheme))
             entry = meta
             if not _complete(case_out):
-                measured = _from_labels_case(case_id, meta, seg_path, case_out, seed, effect)
+                measured = _from_labels_case(case_id, meta, seg_path, case_out, seed, effect, scheme)
                 if bias is not None:
                     entry = dict(meta, synthetic_bias=_record(effect, measured))
             elif bias is not None:   # resumed: keep what the first run measured
@@ -378,7 +396,7 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
             if twins and effect.acts:
                 twin_out = twins_dir(out_dir) / case_id
                 if not _complete(twin_out):
-                    _from_labels_case(case_id, meta, seg_path, twin_out, seed)
+                    _from_labels_case(case_id, meta, seg_path, twin_out, seed, scheme=scheme)
                 twin_entries.append(_twin_entry(meta, out_dir, entry["synthetic_bias"]))
             done.append(case_id)
             entries.append(entry)

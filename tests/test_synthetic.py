@@ -322,3 +322,34 @@ def test_kidney_fov_cases_stay_hard_for_a_threshold(tmp_path):
 def test_unknown_fov_is_refused(tmp_path):
     with pytest.raises(ValueError, match="valid: abdomen, kidneys"):
         write_procedural_cohort(tmp_path, n_cases=1, shape=TINY, progress=False, fov="pelvis")
+
+
+def test_from_labels_maps_a_kits23_cyst_by_the_label_scheme(tmp_path):
+    """A KiTS21/23 label map (3 = cyst) is refused without a scheme, and with one the written
+    reference holds the mapped values and kits.json records the scheme."""
+    src = tmp_path / "kits23"
+    write_procedural_cohort(src, n_cases=1, seed=5, shape=TINY, progress=False)
+    cid = "case_00000"
+    seg = read_volume(src / cid / "segmentation.nii.gz")
+    labels = seg.array.copy()
+    kidney = np.argwhere(labels == 1)
+    cyst = tuple(kidney[: max(1, len(kidney) // 4)].T)
+    labels[cyst] = 3
+    write_volume(src / cid / "segmentation.nii.gz", labels, affine=seg.affine, header=seg.header)
+
+    done, failures = write_cohort_from_labels(src, tmp_path / "none", seed=1, progress=False)
+    assert done == [] and "--label-scheme" in failures[0].problem
+
+    for scheme, cyst_becomes in (("kits23-cyst-kidney", 1), ("kits23-cyst-background", 0)):
+        out = tmp_path / scheme
+        done, failures = write_cohort_from_labels(src, out, seed=1, progress=False, label_scheme=scheme)
+        assert done == [cid] and failures == []
+        written = read_volume(out / cid / "segmentation.nii.gz").array
+        want = labels.copy()
+        want[cyst] = cyst_becomes
+        assert written.dtype == np.uint8 and np.array_equal(written, want)
+        entry = json.loads((out / "kits.json").read_text())[0]
+        assert entry["synthetic_label_scheme"] == {"kits23-cyst-kidney": "0:0,1:1,2:2,3:1",
+                                                   "kits23-cyst-background": "0:0,1:1,2:2,3:0"}[scheme]
+    with pytest.raises(ValueError, match="label scheme"):
+        write_cohort_from_labels(src, tmp_path / "bad", seed=1, progress=False, label_scheme="3:7")
