@@ -21,6 +21,7 @@ import torch
 
 from data.augment import AugmentSettings
 from data.cache import with_covariates
+from data.errors import CaseError, format_failures
 from data.patches import PatchDataset
 from engine.builders import build_loss, build_optimizer, build_schedule
 from engine.logging import log_audits, log_slices, log_step
@@ -256,10 +257,16 @@ class Trainer:
         options = WindowOptions(patch_size=self.patch, overlap=ev["overlap"], mirror=ev["mirror"],
                                 tile_batch=ev["tile_batch"], device=self.env.device, amp_dtype=self.env.amp_dtype)
         ds_was, net.deep_supervision = net.deep_supervision, False
+        scorer = CaseScorer(net, self.data.cache, options, index=self.data.index)
         try:
-            rows, kept = CaseScorer(net, self.data.cache, options, index=self.data.index).score_many(case_ids, keep=keep)
+            rows, kept = scorer.score_many(case_ids, keep=keep)
         finally:
             net.deep_supervision = ds_was
+        if scorer.failures:
+            self.log(f"note: {len(scorer.failures)} of {len(case_ids)} case(s) left out of the tables; "
+                     + format_failures(scorer.failures, what="unreadable case"))
+        if not rows:
+            raise CaseError(str(self.data.cache), "no case could be scored")
         per_case = pd.DataFrame(rows).drop(columns="geometry")
         for attr, groups in self.data.groups_by_attr.items():
             per_case[attr] = per_case["case_id"].map(groups)

@@ -34,7 +34,8 @@ def wait_for(predicate, proc, timeout=120.0):
 
 
 def cache_files(cache: Path) -> dict:
-    return {p.name: p for p in sorted(cache.iterdir()) if p.suffix in (".npy", ".json") and p.name not in ("preprocess.json", "splits.json")}
+    return {p.name: p for p in sorted(cache.iterdir()) if p.suffix in (".npy", ".json")
+            and p.name not in ("preprocess.json", "splits.json", "source.json")}
 
 
 def test_preprocessing_killed_midway_finishes_on_rerun_and_equals_an_uninterrupted_run(tmp_path):
