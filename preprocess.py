@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 
 from data.errors import CaseError, format_failures
+from engine.interrupts import Interrupted, on_interrupt
+from engine.interrupts import install as install_interrupts, report as report_interrupt
 
 
 def _floats(n: int | None = None):
@@ -231,9 +233,18 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+KEPT_ON_INTERRUPT = {
+    "synthesize": "the cases written completely so far are kept: the same command continues",
+    "run": "the cases preprocessed so far are kept: the same command continues",
+    "split": "splits.json is as it was",
+    "verify": "the cases repaired so far are kept: the same command continues",
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split, "verify": cmd_verify}
+    on_interrupt(lambda exc: f"during {args.command}; {KEPT_ON_INTERRUPT[args.command]}")
     try:
         return commands[args.command](args)
     except CaseError as exc:
@@ -244,4 +255,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    install_interrupts()
+    try:
+        sys.exit(main())
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sys.exit(report_interrupt(exc, debug="--debug" in sys.argv))

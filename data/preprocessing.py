@@ -255,8 +255,11 @@ def _run_one(job):
 
 
 def _worker(job):
+    import signal
+
     import torch  # each worker process gets one core's share, not all of them
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to answer, in one line
     return _run_one(job)
 
 

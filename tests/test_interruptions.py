@@ -184,3 +184,71 @@ def test_the_cli_reports_a_stopped_run_in_one_line(cohort):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: 2 consecutive non-finite losses")
     assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM: one line on what is kept, exit 130 / 143, and SIGTERM saves the last epoch
+# ---------------------------------------------------------------------------------------------
+def signalled_run(cmd, sig, when):
+    """Start cmd, send sig once a stdout line satisfies when(line); (returncode, stderr)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sent = False
+    for line in proc.stdout:
+        if when(line):
+            proc.send_signal(sig)
+            sent = True
+            break
+    _, err = proc.communicate(timeout=300)
+    assert sent, "the command ended before the signal could be sent"
+    return proc.returncode, err
+
+
+def test_ctrl_c_and_sigterm_in_training_say_what_is_kept_and_sigterm_saves_the_epoch(cohort):
+    sets = ["train.checkpoint_every=3", "train.log_every=1"]
+    run_cli(*tiny_args(cohort, "straight8", epochs=8, extra=sets))
+
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(cohort, "ctrl_c", epochs=8, extra=sets)]
+    code, err = signalled_run(cmd, signal.SIGINT, lambda line: line.startswith("epoch 5/8"))
+    run = cohort / "runs" / "ctrl_c"
+    assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("interrupted (Ctrl-C) at epoch 5; last complete checkpoint")
+    assert f"{run / 'last.pt'} (epoch 3); continue with: python train.py --resume {run}" in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(cohort, "sigterm", epochs=8, extra=sets)]
+    code, err = signalled_run(cmd, signal.SIGTERM, lambda line: line.startswith("epoch 5/8"))
+    run = cohort / "runs" / "sigterm"
+    assert code == 143 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    saved = load_checkpoint(run / "last.pt")["epoch"]
+    assert saved == 4 and f"wrote {run / 'last.pt'}, the state at the end of epoch 4" in err
+    run_cli("--resume", str(run), "--no-progress")              # from the epoch boundary, exactly
+    assert_same_weights(final_weights(cohort / "runs" / "straight8"), final_weights(run))
+
+
+def test_ctrl_c_in_preprocessing_with_workers_is_one_line_and_the_rerun_finishes(tmp_path):
+    raw = write_tiny_cohort(tmp_path / "raw", n_cases=12, shape=(32, 120, 120), spacing=(4.0, 0.8, 0.8))
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, str(ROOT / "preprocess.py"), "run", "--raw", str(raw), "--out", str(cache),
+           "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = wait_for(lambda: any(cache.glob("case_*.json")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert started and proc.returncode == 130, err
+    assert err.strip() == "interrupted (Ctrl-C) during run; the cases preprocessed so far are kept: the same command continues"
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "preprocessed" in out.stdout
+
+
+def test_the_interrupt_line_and_code(capsys):
+    from engine.interrupts import Interrupted, on_interrupt, report
+    on_interrupt(lambda exc: f"kept after {exc.name}")
+    try:
+        assert report(Interrupted("SIGTERM", 143)) == 143
+        assert report(KeyboardInterrupt()) == 130
+    finally:
+        on_interrupt(None)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert capsys.readouterr().err.splitlines() == ["interrupted (SIGTERM) kept after SIGTERM",
+                                                   "interrupted (Ctrl-C) kept after Ctrl-C"]
