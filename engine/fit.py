@@ -71,6 +71,7 @@ class Trainer:
         self.current_epoch = 0          # the epoch being trained (1-based), for the interrupt line
         self.saved_epoch = None         # the epoch last.pt holds, once written or resumed from
         self.boundary = None            # (epoch, state) at the last epoch end not yet in last.pt
+        self.commit = git_commit()      # the code's version, once per run (two git calls)
         self.last_validation = None   # (step, case ids, per-case table) of the latest validation pass
         self.nonfinite_streak = 0
 
@@ -150,7 +151,7 @@ class Trainer:
         """Everything a checkpoint holds (live tensors: clone it to keep it)."""
         return {
             "config": self.cfg, "model_config": self.model_cfg, "group_index": self.data.index.to_dict(),
-            "git_commit": git_commit(), "num_classes": 3,
+            "git_commit": self.commit, "num_classes": 3,
             "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "mitigations": {m.name: m.state_dict() for m in self.methods if m.module is not None},
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
