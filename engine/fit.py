@@ -245,28 +245,33 @@ class Trainer:
         loss, levels, per_sample, scalars = self._forward_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
-            self._skip_nonfinite(loss, epoch, writer)
+            self._skip_nonfinite(f"loss ({loss.item()})", epoch, writer)
             return 0
-        self.nonfinite_streak = 0
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg["optim"]["grad_clip"])
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["optim"]["grad_clip"])
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):   # fp16's scaler skips these itself
+            self.optimizer.zero_grad(set_to_none=True)                  # one bad step must not poison the weights
+            self._skip_nonfinite(f"gradient (norm {norm.item()})", epoch, writer)
+            return 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.nonfinite_streak = 0
         self.last_loss = loss.item()
         if writer:
             log_step(writer, self.step, loss=self.last_loss, levels=levels, per_sample=per_sample, scalars=scalars,
                      cases=batch["case"].tolist(), train_groups=self.train_groups)
         return batch["image"].shape[0]
 
-    def _skip_nonfinite(self, loss, epoch: int, writer) -> None:
+    def _skip_nonfinite(self, what: str, epoch: int, writer) -> None:
         self.nonfinite_streak += 1
-        self.log(f"epoch {epoch} step {self.step}: non-finite loss ({loss.item()}), step skipped")
+        self.log(f"epoch {epoch + 1} step {self.step}: non-finite {what}, step skipped")
         if writer:
             writer.add_scalar("train/skipped_nonfinite", self.nonfinite_streak, self.step)
         if self.nonfinite_streak >= self.tc["max_nonfinite_steps"]:
-            raise TrainingStopped(f"{self.nonfinite_streak} consecutive non-finite losses: stopping instead of "
-                                  "training on garbage (lower optim.lr, check the data, or try train.amp=bf16)")
+            raise TrainingStopped(f"{self.nonfinite_streak} consecutive steps with a non-finite loss or gradient: "
+                                  "stopping instead of training on garbage (lower optim.lr, check the data, "
+                                  "or try train.amp=bf16)")
 
     @property
     def train_groups(self) -> dict:

@@ -28,8 +28,9 @@ from typing import Callable
 SIGNALS = {signal.SIGINT: ("Ctrl-C", 130), signal.SIGTERM: ("SIGTERM", 143)}
 
 
-class Interrupted(BaseException):
-    """A signal asked the process to stop; BaseException so no `except Exception` swallows it."""
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the process to stop; a KeyboardInterrupt (so no `except Exception` swallows
+    it, and a writer cleaning up after Ctrl-C cleans up after SIGTERM alike)."""
 
     def __init__(self, name: str, code: int):
         super().__init__(name)
@@ -58,7 +59,7 @@ def on_interrupt(handler: Callable[[Interrupted], str] | None) -> None:
 
 def report(exc: BaseException, *, debug: bool = False) -> int:
     """Print the one line (after the handler's own saving, if any); the exit code."""
-    if isinstance(exc, KeyboardInterrupt):        # a Ctrl-C that arrived before install()
+    if not isinstance(exc, Interrupted):          # a plain Ctrl-C, before install()
         exc = Interrupted("Ctrl-C", 130)
     if debug:
         traceback.print_exc()
