@@ -46,6 +46,8 @@ import pandas as pd
 
 from data.atomic import write_csv, write_figure, write_text
 from data.errors import CaseError, format_failures
+from engine.interrupts import Interrupted, on_interrupt
+from engine.interrupts import install as install_interrupts, report as report_interrupt
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path:
@@ -327,6 +329,9 @@ def cmd_ckpt(args) -> int:
     all_reports, failed = [], 0
     for i, path in enumerate(paths):
         out_dir = open_out_dir(ckpt_out_dir(path, args, i, len(paths)), args.overwrite)
+        on_interrupt(lambda exc, path=path, out_dir=out_dir:
+                     f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
+                     "the same command continues from them")
         per_case, attributes, failures = evaluate_checkpoint(path, args, out_dir)
         if per_case.empty:
             print(format_failures(failures), file=sys.stderr)
@@ -576,4 +581,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    install_interrupts()
+    try:
+        sys.exit(main())
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sys.exit(report_interrupt(exc, debug="--debug" in sys.argv))

@@ -1,4 +1,4 @@
-"""Make data and turn it into a training cache: `python preprocess.py {synthesize,run,split} ...`.
+"""Make data and turn it into a training cache: `python preprocess.py {synthesize,run,split,verify} ...`.
 
     # the embedded demo cohort: procedural CT-like cases, no files needed
     python preprocess.py synthesize --out raw/demo --cases 12 --seed 0
@@ -10,6 +10,9 @@
     python preprocess.py run --raw raw/demo --out cache/demo --workers 2
     # a new split, e.g. stratified by sex with a validation fraction
     python preprocess.py split --cache cache/demo --seed 1 --test 50 --val 0.1 --stratify sex --overwrite
+    # check every cached file (properties, array shapes, dtypes, checksums, the case table, splits);
+    # --repair preprocesses the damaged cases again from the raw folder the cache records
+    python preprocess.py verify --cache cache/demo --repair
 
 `--bias FILE` (both generators) applies a bias file (data/bias.py, configs/bias/): each case's
 effect is recorded in kits.json as `synthetic_bias`, and OUT/synthesis.json records the spec, so
@@ -31,6 +34,8 @@ import traceback
 from pathlib import Path
 
 from data.errors import CaseError, format_failures
+from engine.interrupts import Interrupted, on_interrupt
+from engine.interrupts import install as install_interrupts, report as report_interrupt
 
 
 def _floats(n: int | None = None):
@@ -99,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "or a map like 0:0,1:1,2:2,3:1")
     run.add_argument("--split-seed", type=int, default=0, help="seed of the splits.json written when none exists")
     run.add_argument("--no-progress", action="store_true")
+
+    ver = sub.add_parser("verify", help="check every file of a training cache (exit 1 on a problem)")
+    ver.add_argument("--cache", required=True, type=Path, help="preprocessed cache folder")
+    ver.add_argument("--repair", action="store_true",
+                     help="preprocess the damaged cases again from the raw folder the cache records")
+    ver.add_argument("--raw", type=Path, help="with --repair: the raw folder (default: CACHE/source.json's)")
+    ver.add_argument("--workers", type=int, default=1, help="with --repair: parallel worker processes")
+    ver.add_argument("--no-progress", action="store_true")
 
     spl = sub.add_parser("split", help="write CACHE/splits.json: seeded train/val/test split")
     spl.add_argument("--cache", required=True, type=Path, help="preprocessed cache folder (with cases.csv)")
@@ -209,9 +222,29 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from data.verify import format_report, repair_cache, verify_cache
+    report = verify_cache(args.cache)
+    print(format_report(report))
+    if args.repair and not report.ok:
+        print(f"repairing: preprocessing {len(report.damaged_cases)} case(s) again", flush=True)
+        report = repair_cache(args.cache, raw=args.raw, workers=args.workers, progress=not args.no_progress)
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+KEPT_ON_INTERRUPT = {
+    "synthesize": "the cases written completely so far are kept: the same command continues",
+    "run": "the cases preprocessed so far are kept: the same command continues",
+    "split": "splits.json is as it was",
+    "verify": "the cases repaired so far are kept: the same command continues",
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split}
+    commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split, "verify": cmd_verify}
+    on_interrupt(lambda exc: f"during {args.command}; {KEPT_ON_INTERRUPT[args.command]}")
     try:
         return commands[args.command](args)
     except CaseError as exc:
@@ -222,4 +255,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    install_interrupts()
+    try:
+        sys.exit(main())
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sys.exit(report_interrupt(exc, debug="--debug" in sys.argv))

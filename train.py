@@ -27,10 +27,12 @@ from data.atomic import write_text
 from data.errors import CaseError
 from engine.builders import check_choices
 from engine.fit import Env, Trainer, TrainingStopped
+from engine.interrupts import Interrupted, on_interrupt
+from engine.interrupts import install as install_interrupts, report as report_interrupt
 from engine.logging import log_audits
 from engine.rundata import load_run_data
 from engine.runs import (create_run_dir, is_finished, new_run_dir, plan_batch, planted_bias_line,
-                         write_test_tables)
+                         training_interrupted, write_test_tables)
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
 from models.checkpoint import load_checkpoint
 
@@ -80,7 +82,7 @@ def run_many(args) -> int:
               + (f" (kept: {', '.join(done)})" if done else ""), flush=True)
     for i, run in enumerate(todo, 1):
         one = argparse.Namespace(**{**vars(args), "config": config_path, "set": run.sets, "name": run.name,
-                                    "resume": None})
+                                    "resume": None, "in_batch": True})
         if (run.run_dir / "last.pt").is_file():
             one.resume, one.set = run.run_dir, []
         elif run.run_dir.exists():
@@ -162,6 +164,8 @@ def train_run(args) -> int:
         log("note: train.amp=bf16, but this CPU has no native bf16 (AVX512-BF16 / AMX): training in fp32 "
             "(emulated bf16 would be slower)")
     seed_everything(tc["seed"])
+    on_interrupt(lambda exc: "while preparing the data; the cases synthesised and preprocessed so far are "
+                             "kept: the same command continues")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = tc["cudnn_benchmark"]
 
@@ -184,6 +188,8 @@ def train_run(args) -> int:
         log(f"resumed {run_dir} at epoch {trainer.epoch} (step {trainer.step})")
     trainer.wrap()
     writer = open_run_folder(run_dir, cfg, resumed=resume_ckpt is not None) if is_main else None
+    in_batch = getattr(args, "in_batch", False)
+    on_interrupt(lambda exc: training_interrupted(trainer, run_dir, exc, in_batch=in_batch))
 
     # --- fit ---------------------------------------------------------------------------------------
     trainer.fit(run_dir, writer)
@@ -197,8 +203,11 @@ def train_run(args) -> int:
 
 
 if __name__ == "__main__":
+    install_interrupts()
     try:
         sys.exit(main())
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sys.exit(report_interrupt(exc, debug="--debug" in sys.argv))
     except (ConfigError, CaseError, ValueError, FileNotFoundError, TrainingStopped) as exc:
         if "--debug" in sys.argv:
             traceback.print_exc()

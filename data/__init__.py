@@ -12,6 +12,7 @@ Modules (each one job):
     resample       the one resampler (nnU-Net's anisotropic rule)
     preprocessing  the study's preprocessing order, writing the on-disk cache
     cache          reading the cache: cases, case table, settings, group columns
+    verify         checking a cache file by file (`preprocess.py verify`), repairing damaged cases
     bias           known-bias cohorts: the bias file, its validation, what each case gets
     synthetic      CT-like synthetic cohorts (procedural, or around real label maps), biased or not;
                    synthetic_anatomy paints the CT, one painter per organ

@@ -2,8 +2,10 @@
 
 A file is written under a temporary name beside its target (`.NAME.tmp<pid><suffix>`), optionally
 flushed to disk, then renamed over the target: a process killed at any moment leaves the previous
-complete file or the new one, never a torn one. Temporaries left by killed writers are removed
-by `remove_stale_temporaries` (only those whose process is gone: a live writer's are kept).
+complete file or the new one, never a torn one. A write that fails (a full disk: ENOSPC, or any
+OSError) removes its temporary, leaves the previous file as it was, and raises WriteError (a
+CaseError naming the file and the error). Temporaries left by killed writers are removed by
+`remove_stale_temporaries` (only those whose process is gone: a live writer's are kept).
 
 Usage:
     atomic_write(path, lambda tmp: tmp.write_text(text))
@@ -18,6 +20,8 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from data.errors import WriteError
 
 
 def atomic_write(path, write: Callable[[Path], object], *, suffix: str = "", fsync: bool = False) -> Path:
@@ -34,8 +38,10 @@ def atomic_write(path, write: Callable[[Path], object], *, suffix: str = "", fsy
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except Exception:
-        tmp.unlink(missing_ok=True)  # a writer that failed (not one that was killed) cleans up
+    except (Exception, KeyboardInterrupt) as exc:   # KeyboardInterrupt: also Ctrl-C / SIGTERM's Interrupted
+        tmp.unlink(missing_ok=True)  # a writer that failed or was interrupted (not one killed) cleans up
+        if isinstance(exc, OSError):  # ENOSPC, EDQUOT, EFBIG, EACCES...: one line naming the file
+            raise WriteError(path, exc) from None
         raise
     return path
 

@@ -7,6 +7,8 @@ here.
 Usage:
     image, seg, props = load_preprocessed("cache/", "case_00000")   # arrays memory-mapped
     image, seg = load_arrays("cache/", "case_00000")                 # the per-patch path
+    props = load_properties("cache/", "case_00000")
+    array_record(image)      # {"shape", "dtype", "crc32"}: what CASE.json records of each array
     table = load_case_table("cache/")                                # cases.csv, indexed by case id
     settings = load_cache_settings("cache/")
     sex = groups_from_table(table, "sex", settings)                  # {case_id: "male" | "female"}
@@ -15,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from data.groups import FIELDS, GroupError, parse_attribute
 
 SETTINGS_FILE = "preprocess.json"
 CASES_FILE = "cases.csv"
+SOURCE_FILE = "source.json"
 # the case-mix columns an audit adjusts a gap for (fairness/significance.py): reference volumes, BMI
 COVARIATE_COLUMNS = ("kidney_ml", "tumor_ml", "bmi")
 
@@ -34,12 +38,58 @@ def is_complete(out_dir, case_id: str) -> bool:
     return all((out_dir / f"{case_id}{suffix}").is_file() for suffix in (".json", ".npy", "_seg.npy"))
 
 
+def array_record(array: np.ndarray) -> dict:
+    """What a case's properties record of each cached array, checked by `preprocess.py verify`."""
+    data = np.ascontiguousarray(array)
+    return {"shape": list(data.shape), "dtype": data.dtype.str, "crc32": zlib.crc32(memoryview(data).cast("B"))}
+
+
+def _damaged(cache_dir: Path) -> str:
+    return f"check the cache with `preprocess.py verify --cache {cache_dir}` (--repair redoes damaged cases)"
+
+
+def _open_array(path: Path, case_id: str, mode):
+    try:
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise CaseError(case_id, f"{path} is missing; {_damaged(path.parent)}") from None
+    except (ValueError, OSError, EOFError) as exc:   # truncated, bad header, unreadable
+        raise CaseError(case_id, f"{path} is damaged ({exc}); {_damaged(path.parent)}") from None
+
+
 def load_arrays(cache_dir, case_id: str, *, mmap: bool = True):
     """(image, labels) of one cached case, without parsing its properties (the per-patch path)."""
     cache_dir = Path(cache_dir)
     mode = "r" if mmap else None
-    return (np.load(cache_dir / f"{case_id}.npy", mmap_mode=mode),
-            np.load(cache_dir / f"{case_id}_seg.npy", mmap_mode=mode))
+    return (_open_array(cache_dir / f"{case_id}.npy", case_id, mode),
+            _open_array(cache_dir / f"{case_id}_seg.npy", case_id, mode))
+
+
+def load_properties(cache_dir, case_id: str) -> dict:
+    """CASE.json of one cached case; a damaged file is a CaseError naming it."""
+    path = Path(cache_dir) / f"{case_id}.json"
+    try:
+        props = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CaseError(case_id, f"{path} is missing; {_damaged(path.parent)}") from None
+    except (OSError, ValueError) as exc:             # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CaseError(case_id, f"{path} is damaged ({exc}); {_damaged(path.parent)}") from None
+    if not isinstance(props, dict) or "resampled_shape" not in props:
+        raise CaseError(case_id, f"{path} is not a case's properties (no resampled_shape); {_damaged(path.parent)}")
+    return props
+
+
+def check_arrays(props: dict, image: np.ndarray, labels: np.ndarray, case_id: str, cache_dir) -> None:
+    """The arrays have the shape (and, where recorded, the dtype) the properties say."""
+    want = {"image": props.get("arrays", {}).get("image"), "labels": props.get("arrays", {}).get("labels")}
+    for name, array, suffix in (("image", image, ".npy"), ("labels", labels, "_seg.npy")):
+        shape = list(want[name]["shape"]) if want[name] else list(props["resampled_shape"])
+        if list(array.shape) != shape:
+            raise CaseError(case_id, f"{Path(cache_dir) / (case_id + suffix)} has shape {list(array.shape)}, "
+                            f"its properties say {shape}; {_damaged(Path(cache_dir))}")
+        if want[name] and array.dtype.str != want[name]["dtype"]:
+            raise CaseError(case_id, f"{Path(cache_dir) / (case_id + suffix)} has dtype {array.dtype.str}, "
+                            f"its properties say {want[name]['dtype']}; {_damaged(Path(cache_dir))}")
 
 
 def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
@@ -47,8 +97,9 @@ def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):
     cache_dir = Path(cache_dir)
     if not is_complete(cache_dir, case_id):
         raise CaseError(case_id, f"not (completely) preprocessed in {cache_dir}")
+    props = load_properties(cache_dir, case_id)
     image, labels = load_arrays(cache_dir, case_id, mmap=mmap)
-    props = json.loads((cache_dir / f"{case_id}.json").read_text())
+    check_arrays(props, image, labels, case_id, cache_dir)
     return image, labels, props
 
 

@@ -4,6 +4,8 @@ Usage:
     raise CaseError("case_00012", "label value 3 is not in the scheme {0, 1, 2}")
     str(err)  # -> "case_00012: label value 3 is not in the scheme {0, 1, 2}"
 
+A file that cannot be written is a WriteError (a CaseError naming the path).
+
 Batch work catches CaseError per case, carries on with the others, and lists the failures at
 the end (see `format_failures`). Anything that is not a CaseError is a bug and keeps its
 traceback.
@@ -29,3 +31,13 @@ def format_failures(failures: list[CaseError], what: str = "case") -> str:
     lines = [f"{len(failures)} {what}(s) failed:"]
     lines += [f"  {f}" for f in failures]
     return "\n".join(lines)
+
+
+class WriteError(CaseError):
+    """A file could not be written (a full disk, a quota, a file size limit): the previous file,
+    if there was one, is unchanged and the temporary is gone (data/atomic.py)."""
+
+    def __init__(self, path, error: OSError):
+        reason = error.strerror or str(error)
+        super().__init__(str(path), f"not written ({reason}); the previous file, if any, is unchanged")
+        self.error = error

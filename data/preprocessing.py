@@ -13,8 +13,12 @@ Cache layout (OUT/):
     preprocess.json            the settings used (re-running with other settings is refused)
     CASE.npy                   image, float32 (z, y, x), memory-mappable
     CASE_seg.npy               labels, uint8 (z, y, x)
-    CASE.json                  properties: geometry, crop box, class volumes, class locations
+    CASE.json                  properties: geometry, crop box, class volumes, class locations, and
+                               shape / dtype / CRC-32 of both arrays (`arrays`)
     cases.csv                  per-case metadata, groups, shapes and class volumes
+    source.json                the raw folder (and metadata file) it was made from
+A case whose CASE.json does not parse is preprocessed again by the next run; `preprocess.py
+verify --cache OUT` checks every file (data/verify.py).
 Each case's files are written under temporary names and renamed, properties last: a case is
 complete exactly when CASE.json exists, so a killed run resumes where it stopped.
 
@@ -36,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write, remove_stale_temporaries
-from data.cache import CASES_FILE, SETTINGS_FILE, is_complete
+from data.cache import CASES_FILE, SETTINGS_FILE, SOURCE_FILE, array_record, is_complete, load_properties
 from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
@@ -192,9 +196,12 @@ def preprocess_case(record: CaseRecord, settings: PreprocessSettings, out_dir) -
         "class_locations": sample_class_locations(seg, (1, 2), rng, n_samples=settings.samples_per_class,
                                                   min_coverage=settings.min_class_coverage),
     }
-    _save_npy(out_dir / f"{record.case_id}.npy", image.astype(np.float32, copy=False))
+    image = image.astype(np.float32, copy=False)
+    # shape, dtype and checksum of what is written: `preprocess.py verify` finds a damaged file
+    props["arrays"] = {"image": array_record(image), "labels": array_record(seg)}
+    _save_npy(out_dir / f"{record.case_id}.npy", image)
     _save_npy(out_dir / f"{record.case_id}_seg.npy", seg)
-    _save_json(out_dir / f"{record.case_id}.json", props)
+    _save_json(out_dir / f"{record.case_id}.json", props)   # last: the case is complete once it exists
     return summary_row(record, props, settings)
 
 
@@ -248,8 +255,11 @@ def _run_one(job):
 
 
 def _worker(job):
+    import signal
+
     import torch  # each worker process gets one core's share, not all of them
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to answer, in one line
     return _run_one(job)
 
 
@@ -270,9 +280,10 @@ def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers
     remove_stale_temporaries(out_dir)
     result = PreprocessResult(failures=list(cohort.failures))
     todo = []
+    write_source(out_dir, raw_dir, metadata_path)
     for record in cohort.records:
-        if is_complete(out_dir, record.case_id):
-            props = json.loads((out_dir / f"{record.case_id}.json").read_text())
+        props = _readable_properties(out_dir, record.case_id) if is_complete(out_dir, record.case_id) else None
+        if props is not None:
             result.rows.append(summary_row(record, props, settings))
             result.skipped += 1
         else:
@@ -292,6 +303,23 @@ def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers
         atomic_write(out_dir / CASES_FILE, lambda tmp: pd.DataFrame(result.rows).to_csv(tmp, index=False))
     result.seconds = time.time() - start
     return result
+
+
+def _readable_properties(out_dir: Path, case_id: str) -> dict | None:
+    """A done case's properties; None when they do not parse (the case is then done again)."""
+    try:
+        return load_properties(out_dir, case_id)
+    except CaseError:
+        return None
+
+
+def write_source(out_dir: Path, raw_dir, metadata_path) -> None:
+    """CACHE/source.json: the raw folder (and metadata) the cache was first made from, for
+    `verify --repair`; written once, so a later run (or a failing one) leaves it as it is."""
+    if (out_dir / SOURCE_FILE).is_file():
+        return
+    _save_json(out_dir / SOURCE_FILE, {"raw": str(Path(raw_dir).resolve()),
+                                       "metadata": str(Path(metadata_path).resolve()) if metadata_path else None})
 
 
 def _collect(outcomes, result: PreprocessResult, bar) -> None:

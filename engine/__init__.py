@@ -6,7 +6,9 @@
     fit.py        the Trainer: network + mitigations + optimiser, the loop, checkpoints, validation
     logging.py    TensorBoard: per-step losses, per-group audits, validation pictures
     scoring.py    one scoring path for a case: predict, write back, score
-    runs.py       run folders, the "run finished" marker, --seeds / --sweep plans
+    runs.py       run folders, the "run finished" marker, --seeds / --sweep plans, the interrupt line
+    interrupts.py Ctrl-C / SIGTERM in the entry points: one line on what is kept, exit 130 / 143
 
-The entry scripts call these in phases; nothing here imports an entry script.
+The entry scripts call these in phases; nothing here imports an entry script (preprocess.py
+uses interrupts.py alone).
 """

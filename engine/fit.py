@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,10 +22,11 @@ import torch
 
 from data.augment import AugmentSettings
 from data.cache import with_covariates
+from data.errors import CaseError, format_failures
 from data.patches import PatchDataset
 from engine.builders import build_loss, build_optimizer, build_schedule
 from engine.logging import log_audits, log_slices, log_step
-from engine.runtime import autocast, barrier, rng_state, set_rng_state, unwrap
+from engine.runtime import autocast, barrier, cpu_clone, rng_state, set_rng_state, unwrap
 from engine.scoring import CaseScorer, WindowOptions
 from mitigations import TrainStep, build_mitigations
 from mitigations.samplers import uniform_sampler
@@ -66,6 +68,10 @@ class Trainer:
         for line in filter(None, (m.describe() for m in self.methods)):
             self.log(line)
         self.epoch, self.step, self.best = 0, 0, -math.inf
+        self.current_epoch = 0          # the epoch being trained (1-based), for the interrupt line
+        self.saved_epoch = None         # the epoch last.pt holds, once written or resumed from
+        self.boundary = None            # (epoch, state) at the last epoch end not yet in last.pt
+        self.commit = git_commit()      # the code's version, once per run (two git calls)
         self.last_validation = None   # (step, case ids, per-case table) of the latest validation pass
         self.nonfinite_streak = 0
 
@@ -120,6 +126,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        self.saved_epoch = ckpt["epoch"]
         set_rng_state(ckpt["rng"])
 
     def wrap(self) -> None:
@@ -140,21 +147,39 @@ class Trainer:
         self.log(f"model: {self.cfg['model']['name']} ({n_params / 1e6:.2f} M parameters), patch {self.patch}, "
                  f"device {env.device}{', AMP ' + str(amp).split('.')[-1] if amp else ''}, world size {env.world}")
 
-    def checkpoint(self, path, epoch_done: int) -> None:
-        save_checkpoint(path, {
+    def state(self, epoch_done: int) -> dict:
+        """Everything a checkpoint holds (live tensors: clone it to keep it)."""
+        return {
             "config": self.cfg, "model_config": self.model_cfg, "group_index": self.data.index.to_dict(),
-            "git_commit": git_commit(), "num_classes": 3,
+            "git_commit": self.commit, "num_classes": 3,
             "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "mitigations": {m.name: m.state_dict() for m in self.methods if m.module is not None},
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": epoch_done, "step": self.step, "best": self.best, "rng": rng_state(),
-        })
+        }
+
+    def checkpoint(self, path, epoch_done: int) -> None:
+        save_checkpoint(path, self.state(epoch_done))
+        if Path(path).name == "last.pt":
+            self.saved_epoch, self.boundary = epoch_done, None
+
+    def save_boundary(self, run_dir) -> int | None:
+        """Write the state kept at the last epoch boundary as last.pt (SIGTERM: the job is about to
+        be killed, and the epochs since the last checkpoint need not be lost); its epoch, or None
+        when last.pt already holds the latest boundary."""
+        if self.boundary is None or not self.env.is_main:
+            return None
+        epoch, state = self.boundary
+        save_checkpoint(Path(run_dir) / "last.pt", state)
+        self.saved_epoch, self.boundary = epoch, None
+        return epoch
 
     # --- the loop ------------------------------------------------------------------------------------
     def fit(self, run_dir, writer) -> None:
         tc, env = self.tc, self.env
         run_start = time.time()
         for epoch in range(self.epoch, tc["epochs"]):
+            self.current_epoch = epoch + 1
             self.train_epoch(epoch, writer, run_start)
             epoch_done = epoch + 1
             last_epoch = epoch_done == tc["epochs"]
@@ -162,6 +187,8 @@ class Trainer:
                 self.validate(run_dir, writer, epoch_done)
             if env.is_main and (epoch_done % tc["checkpoint_every"] == 0 or last_epoch):
                 self.checkpoint(run_dir / "last.pt", epoch_done)
+            elif env.is_main:   # kept in memory, written only if a SIGTERM comes before the next checkpoint
+                self.boundary = (epoch_done, cpu_clone(self.state(epoch_done)))
             barrier(env.distributed)
 
     def train_epoch(self, epoch: int, writer, run_start: float) -> None:
@@ -218,28 +245,33 @@ class Trainer:
         loss, levels, per_sample, scalars = self._forward_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
-            self._skip_nonfinite(loss, epoch, writer)
+            self._skip_nonfinite(f"loss ({loss.item()})", epoch, writer)
             return 0
-        self.nonfinite_streak = 0
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg["optim"]["grad_clip"])
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["optim"]["grad_clip"])
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):   # fp16's scaler skips these itself
+            self.optimizer.zero_grad(set_to_none=True)                  # one bad step must not poison the weights
+            self._skip_nonfinite(f"gradient (norm {norm.item()})", epoch, writer)
+            return 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.nonfinite_streak = 0
         self.last_loss = loss.item()
         if writer:
             log_step(writer, self.step, loss=self.last_loss, levels=levels, per_sample=per_sample, scalars=scalars,
                      cases=batch["case"].tolist(), train_groups=self.train_groups)
         return batch["image"].shape[0]
 
-    def _skip_nonfinite(self, loss, epoch: int, writer) -> None:
+    def _skip_nonfinite(self, what: str, epoch: int, writer) -> None:
         self.nonfinite_streak += 1
-        self.log(f"epoch {epoch} step {self.step}: non-finite loss ({loss.item()}), step skipped")
+        self.log(f"epoch {epoch + 1} step {self.step}: non-finite {what}, step skipped")
         if writer:
             writer.add_scalar("train/skipped_nonfinite", self.nonfinite_streak, self.step)
         if self.nonfinite_streak >= self.tc["max_nonfinite_steps"]:
-            raise TrainingStopped(f"{self.nonfinite_streak} consecutive non-finite losses: stopping instead of "
-                                  "training on garbage (lower optim.lr, check the data, or try train.amp=bf16)")
+            raise TrainingStopped(f"{self.nonfinite_streak} consecutive steps with a non-finite loss or gradient: "
+                                  "stopping instead of training on garbage (lower optim.lr, check the data, "
+                                  "or try train.amp=bf16)")
 
     @property
     def train_groups(self) -> dict:
@@ -256,10 +288,16 @@ class Trainer:
         options = WindowOptions(patch_size=self.patch, overlap=ev["overlap"], mirror=ev["mirror"],
                                 tile_batch=ev["tile_batch"], device=self.env.device, amp_dtype=self.env.amp_dtype)
         ds_was, net.deep_supervision = net.deep_supervision, False
+        scorer = CaseScorer(net, self.data.cache, options, index=self.data.index)
         try:
-            rows, kept = CaseScorer(net, self.data.cache, options, index=self.data.index).score_many(case_ids, keep=keep)
+            rows, kept = scorer.score_many(case_ids, keep=keep)
         finally:
             net.deep_supervision = ds_was
+        if scorer.failures:
+            self.log(f"note: {len(scorer.failures)} of {len(case_ids)} case(s) left out of the tables; "
+                     + format_failures(scorer.failures, what="unreadable case"))
+        if not rows:
+            raise CaseError(str(self.data.cache), "no case could be scored")
         per_case = pd.DataFrame(rows).drop(columns="geometry")
         for attr, groups in self.data.groups_by_attr.items():
             per_case[attr] = per_case["case_id"].map(groups)

@@ -70,6 +70,23 @@ def planted_bias_line(cache) -> str:
             "learned part of it away; counterfactual twins, data.synthesize_twins, measure it case by case)")
 
 
+def training_interrupted(trainer, run_dir: Path, exc, *, in_batch: bool = False) -> str:
+    """What an interrupted run kept and how to continue; on SIGTERM (the job is about to be
+    killed) the state of the last finished epoch is written first, if last.pt is older."""
+    wrote = trainer.save_boundary(run_dir) if exc.name == "SIGTERM" else None
+    epochs = trainer.tc["epochs"]
+    line = (f"at epoch {trainer.current_epoch}" if trainer.saved_epoch != epochs
+            else f"after training (epoch {epochs} of {epochs}), before the test tables were written")
+    if wrote is not None:
+        line += f"; wrote {Path(run_dir) / 'last.pt'}, the state at the end of epoch {wrote}"
+    if trainer.saved_epoch is None:
+        return (line + f"; no checkpoint yet (train.checkpoint_every {trainer.tc['checkpoint_every']}): "
+                f"remove {run_dir} and start again")
+    how = "the same command (the batch continues)" if in_batch else f"python train.py --resume {run_dir}"
+    return (line + f"; last complete checkpoint {Path(run_dir) / 'last.pt'} (epoch {trainer.saved_epoch}); "
+            f"continue with: {how}")
+
+
 def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
     """The group tables, then per_case.csv (the "finished" marker), each atomically."""
     from fairness.audit import format_audit

@@ -8,9 +8,11 @@ Usage:
     amp_dtype, use_scaler = amp_settings("auto", device)     # (None, False) on CPU
     seed_everything(0)
     net = unwrap(model)                                      # the module inside DDP / torch.compile
+    snapshot = cpu_clone(state)                              # tensors cloned to the CPU
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 from pathlib import Path
@@ -88,6 +90,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def cpu_clone(obj):
+    """A copy of a (nested) state with every tensor cloned to the CPU: a snapshot that later
+    training steps do not change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_clone(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def unwrap(model):

@@ -11,7 +11,7 @@ Usage:
     scorer = CaseScorer(net, cache, options, index=group_index)
     row = scorer.score("case_00003")                                   # preprocessed geometry
     row = scorer.score("case_00003", record=rec, scheme=scheme, pred_dir=Path("preds"))   # original
-    rows, kept = scorer.score_many(case_ids, keep=2)                   # kept: pictures for TensorBoard
+    rows, kept = scorer.score_many(case_ids, keep=2)   # kept: pictures for TensorBoard; scorer.failures
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class CaseScorer:
         self.net, self.cache, self.options, self.index = net, Path(cache), options, index
         self.anisotropy_threshold = anisotropy_threshold
         self.reused = 0     # predictions found already written (an interrupted evaluation)
+        self.failures: list[CaseError] = []   # cases score_many could not read
 
     def network_for(self, case_id: str):
         """The network as x -> y for this case: through its group's router when it routes by group."""
@@ -85,8 +86,14 @@ class CaseScorer:
         return {"case_id": case_id, **kits_case_dice(pred=labels, ref=ref_labels), "geometry": "original"}
 
     def score_many(self, case_ids, *, keep: int = 0):
-        """Rows of every case in the preprocessed geometry, and pictures of the first `keep`."""
+        """Rows of every case in the preprocessed geometry, and pictures of the first `keep`. A case
+        that cannot be read (a damaged cache file) is left out and its CaseError kept in
+        `self.failures`: one bad file must not cost a run its validation."""
         rows, kept = [], []
+        self.failures = []
         for case_id in case_ids:
-            rows.append(self.score(case_id, picture=kept if len(kept) < keep else None))
+            try:
+                rows.append(self.score(case_id, picture=kept if len(kept) < keep else None))
+            except CaseError as exc:
+                self.failures.append(exc)
         return rows, kept

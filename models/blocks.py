@@ -59,8 +59,15 @@ class ConvNormAct(nn.Module):
                               padding=tuple((k - 1) // 2 for k in kernel_size), bias=bias)
         self.norm = make_norm(norm, out_channels)
         self.act = make_act(act, out_channels)
+        # torch 2.13's CPU bf16 conv3d returns non-finite weight gradients at random for kernels
+        # above 3 (V-Net's 5x5x5: 3 of 6 first steps; none at 3x3x3, none on torch 2.14.1), so
+        # those convolutions run in fp32 under CPU autocast (V-Net is no faster in bf16 there)
+        self.fp32_on_cpu = max(kernel_size) > 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32_on_cpu and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.act(self.norm(self.conv(x.float())))
         return self.act(self.norm(self.conv(x)))
 
 

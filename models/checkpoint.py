@@ -38,8 +38,14 @@ def save_checkpoint(path, state: dict) -> None:
     leaves either the previous complete file or the new one, never a torn one. Leftover temporary
     files of writers that were killed are removed after a successful write."""
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp), fsync=True)
+    atomic_write(path, lambda tmp: _save_to(tmp, {"format_version": FORMAT_VERSION, **state}), fsync=True)
     remove_stale_temporaries(path.parent, f".{path.name}.tmp*")
+
+
+def _save_to(tmp: Path, state: dict) -> None:
+    # through a Python file, so a full disk is an OSError (torch's own writer raises RuntimeError)
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

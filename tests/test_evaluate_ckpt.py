@@ -141,3 +141,26 @@ def test_a_checkpoint_from_an_older_config_is_refused_in_one_line(runs, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {tmp_path / 'old.pt'}: its saved config does not fit this version")
     assert "warmup_epochs" in err and len(err.splitlines()) == 1
+
+
+def test_a_damaged_cache_case_is_listed_and_the_others_are_scored(runs, tmp_path, capsys):
+    run = runs / "runs" / "pair" / "seed0"
+    test_ids = sorted(pd.read_json(runs / "cache" / "splits.json", typ="series")["test"])
+    victim = runs / "cache" / f"{test_ids[0]}.npy"
+    saved = victim.read_bytes()
+    try:
+        victim.write_bytes(saved[: len(saved) // 2])
+        assert evaluate.main(["--ckpt", str(run / "last.pt"), "--out", str(tmp_path / "ev"), "--n-boot", "50",
+                              "--no-progress"]) == 1                 # tables of the rest; exit 1 says one failed
+        captured = capsys.readouterr()
+        per_case = pd.read_csv(tmp_path / "ev" / "per_case.csv")
+        assert sorted(per_case["case_id"]) == test_ids[1:]
+        assert f"{test_ids[0]}: " in captured.err and f"{test_ids[0]}.npy is damaged" in captured.err
+        assert "Traceback" not in captured.err
+
+        from engine.scoring import CaseScorer, WindowOptions           # training's validation path
+        scorer = CaseScorer(torch.nn.Conv3d(1, 3, 1), runs / "cache", WindowOptions(patch_size=(8, 16, 16)))
+        rows, _ = scorer.score_many(test_ids)
+        assert [r["case_id"] for r in rows] == test_ids[1:] and [f.where for f in scorer.failures] == test_ids[:1]
+    finally:
+        victim.write_bytes(saved)

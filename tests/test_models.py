@@ -93,3 +93,15 @@ def test_bf16_channels_last_step_matches_fp32_closely():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fast(x.contiguous(memory_format=torch.channels_last_3d))[0].float()
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_large_kernels_compute_in_fp32_under_cpu_bf16_autocast():
+    """torch 2.13's CPU bf16 conv3d gave non-finite weight gradients at random for 5x5x5 kernels:
+    those convolutions leave autocast; 3x3x3 ones stay in bf16."""
+    from models.blocks import ConvNormAct
+    big, small = ConvNormAct(2, 4, kernel_size=5), ConvNormAct(2, 4, kernel_size=3)
+    x = torch.randn(1, 2, 6, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert big.conv(x).dtype == torch.bfloat16          # what plain autocast would do
+        assert big(x).dtype == torch.float32 and small(x).dtype == torch.bfloat16
+    assert big.fp32_on_cpu and not small.fp32_on_cpu

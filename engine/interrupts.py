@@ -1,0 +1,73 @@
+"""Ctrl-C and SIGTERM in the entry points: one line saying what is complete and how to go on.
+
+SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before it kills a job) raise `Interrupted` in the
+main thread wherever it is; the entry point catches it, lets the work in progress say what it
+has kept (`on_interrupt`), prints one line and exits 130 or 143, with no traceback unless --debug.
+The work registers what to say as it goes, so the line is true at the moment of the signal:
+
+    interrupted (Ctrl-C) at epoch 7; last complete checkpoint runs/x/last.pt (epoch 5); continue
+    with: python train.py --resume runs/x
+
+Usage (an entry point's __main__ block):
+    install()
+    try:
+        sys.exit(main())
+    except Interrupted as exc:
+        sys.exit(report(exc, debug="--debug" in sys.argv))
+
+and in the work:
+    on_interrupt(lambda exc: f"{n} cases done are kept; the same command continues")
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from typing import Callable
+
+SIGNALS = {signal.SIGINT: ("Ctrl-C", 130), signal.SIGTERM: ("SIGTERM", 143)}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the process to stop; a KeyboardInterrupt (so no `except Exception` swallows
+    it, and a writer cleaning up after Ctrl-C cleans up after SIGTERM alike)."""
+
+    def __init__(self, name: str, code: int):
+        super().__init__(name)
+        self.name, self.code = name, code
+
+
+_handler: Callable[[Interrupted], str] | None = None
+
+
+def _raise(signum, _frame):
+    name, code = SIGNALS[signum]
+    raise Interrupted(name, code)
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM to Interrupted (the main thread of an entry point only)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _raise)
+
+
+def on_interrupt(handler: Callable[[Interrupted], str] | None) -> None:
+    """What the work in progress says (and does, e.g. save a checkpoint) when interrupted."""
+    global _handler
+    _handler = handler
+
+
+def report(exc: BaseException, *, debug: bool = False) -> int:
+    """Print the one line (after the handler's own saving, if any); the exit code."""
+    if not isinstance(exc, Interrupted):          # a plain Ctrl-C, before install()
+        exc = Interrupted("Ctrl-C", 130)
+    if debug:
+        traceback.print_exc()
+    for sig in SIGNALS:                            # a second Ctrl-C now must not tear the saving
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        said = _handler(exc) if _handler is not None else ""
+    except Exception as err:  # noqa: BLE001 - the line must come out whatever the handler hit
+        said = f"(could not say what is kept: {err})"
+    print(f"interrupted ({exc.name})" + (f" {said}" if said else ""), file=sys.stderr, flush=True)
+    return exc.code
