@@ -104,7 +104,7 @@ def test_presets_parse_and_plant_what_they_say():
     want = {"low_dose_female": "noise", "thick_slices_elderly": "slice_mm", "small_tumors_young": "tumor_scale",
             "hidden_female": "hidden", "low_contrast_elderly": "contrast", "motion_blur_elderly": "blur",
             "noisy_labels_male": "label_noise", "few_female": "share", "poor_protocol_female": "contrast",
-            "small_tumors_female": "tumor_scale"}
+            "small_tumors_female": "tumor_scale", "noisy_labels_male_k2": "label_noise"}
     for name, mech in want.items():
         text = (PRESETS / f"{name}.yaml").read_text()
         assert text.startswith("#") and "measured" in text.lower(), name     # header: what, why, measured
