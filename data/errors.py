@@ -38,6 +38,7 @@ class WriteError(CaseError):
     if there was one, is unchanged and the temporary is gone (data/atomic.py)."""
 
     def __init__(self, path, error: OSError):
-        reason = error.strerror or str(error)
+        # numpy's partial writes carry no errno ("1080 requested and 468 written"): say what it means
+        reason = error.strerror or f"{error}: the disk is full or a file size limit was reached"
         super().__init__(str(path), f"not written ({reason}); the previous file, if any, is unchanged")
         self.error = error

@@ -43,9 +43,18 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def _save_to(tmp: Path, state: dict) -> None:
-    # through a Python file, so a full disk is an OSError (torch's own writer raises RuntimeError)
+    """torch.save, with a failed write (a full disk) raised as the OSError it is: torch's zip writer
+    turns it into a RuntimeError about stream positions."""
     with open(tmp, "wb") as fh:
-        torch.save(state, fh)
+        try:
+            torch.save(state, fh)
+        except RuntimeError as exc:
+            cause = exc.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
