@@ -88,6 +88,8 @@ def load_metadata(path) -> dict[str, dict]:
         case_id = entry.get("case_id")
         if not case_id:
             raise CaseError(str(path), f"entry {i} has no case_id")
+        if not isinstance(case_id, str):
+            raise CaseError(str(path), f"entry {i} has case_id {json.dumps(case_id)[:40]}; expected a string like case_00012")
         if case_id in by_id:
             raise CaseError(str(path), f"duplicate case_id {case_id}")
         by_id[case_id] = entry
