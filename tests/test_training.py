@@ -79,7 +79,7 @@ def test_two_process_ddp_with_gloo(cohort):
 def test_fairdro_trains_under_ddp(cohort):
     """dMoE routing and the DRO loss (its tails all-reduced across ranks) with 2 gloo processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = tiny_args(cohort, "ddp_fairdro", epochs=1, extra=["fairness.dro.eta=0.5"])
+    args = tiny_args(cohort, "ddp_fairdro", epochs=1, extra=["fairness.dro.eta=0.5", "fairness.dro.warmup=0.0"])
     args[args.index(str(ROOT / "configs" / "baseline_nnunet.yaml"))] = str(ROOT / "configs" / "fairdro_sex.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
            str(ROOT / "train.py"), *args]
