@@ -44,17 +44,24 @@ def array_record(array: np.ndarray) -> dict:
     return {"shape": list(data.shape), "dtype": data.dtype.str, "crc32": zlib.crc32(memoryview(data).cast("B"))}
 
 
-def _damaged(cache_dir: Path) -> str:
-    return f"check the cache with `preprocess.py verify --cache {cache_dir}` (--repair redoes damaged cases)"
+class CacheFileError(CaseError):
+    """A damaged or missing cache file: `file` is its name, `found` what is wrong with it (the
+    message adds how to check the cache)."""
+
+    def __init__(self, case_id: str, path: Path, what: str):
+        path = Path(path)
+        self.file, self.found = path.name, f"{path} {what}"
+        super().__init__(case_id, f"{self.found}; check the cache with `preprocess.py verify --cache "
+                                  f"{path.parent}` (--repair redoes damaged cases)")
 
 
 def _open_array(path: Path, case_id: str, mode):
     try:
         return np.load(path, mmap_mode=mode, allow_pickle=False)
     except FileNotFoundError:
-        raise CaseError(case_id, f"{path} is missing; {_damaged(path.parent)}") from None
+        raise CacheFileError(case_id, path, "is missing") from None
     except (ValueError, OSError, EOFError) as exc:   # truncated, bad header, unreadable
-        raise CaseError(case_id, f"{path} is damaged ({exc}); {_damaged(path.parent)}") from None
+        raise CacheFileError(case_id, path, f"is damaged ({exc})") from None
 
 
 def load_arrays(cache_dir, case_id: str, *, mmap: bool = True):
@@ -71,11 +78,11 @@ def load_properties(cache_dir, case_id: str) -> dict:
     try:
         props = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CaseError(case_id, f"{path} is missing; {_damaged(path.parent)}") from None
+        raise CacheFileError(case_id, path, "is missing") from None
     except (OSError, ValueError) as exc:             # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CaseError(case_id, f"{path} is damaged ({exc}); {_damaged(path.parent)}") from None
+        raise CacheFileError(case_id, path, f"is damaged ({exc})") from None
     if not isinstance(props, dict) or "resampled_shape" not in props:
-        raise CaseError(case_id, f"{path} is not a case's properties (no resampled_shape); {_damaged(path.parent)}")
+        raise CacheFileError(case_id, path, "is not a case's properties (no resampled_shape)")
     return props
 
 
@@ -83,13 +90,12 @@ def check_arrays(props: dict, image: np.ndarray, labels: np.ndarray, case_id: st
     """The arrays have the shape (and, where recorded, the dtype) the properties say."""
     want = {"image": props.get("arrays", {}).get("image"), "labels": props.get("arrays", {}).get("labels")}
     for name, array, suffix in (("image", image, ".npy"), ("labels", labels, "_seg.npy")):
+        path = Path(cache_dir) / (case_id + suffix)
         shape = list(want[name]["shape"]) if want[name] else list(props["resampled_shape"])
         if list(array.shape) != shape:
-            raise CaseError(case_id, f"{Path(cache_dir) / (case_id + suffix)} has shape {list(array.shape)}, "
-                            f"its properties say {shape}; {_damaged(Path(cache_dir))}")
+            raise CacheFileError(case_id, path, f"has shape {list(array.shape)}, its properties say {shape}")
         if want[name] and array.dtype.str != want[name]["dtype"]:
-            raise CaseError(case_id, f"{Path(cache_dir) / (case_id + suffix)} has dtype {array.dtype.str}, "
-                            f"its properties say {want[name]['dtype']}; {_damaged(Path(cache_dir))}")
+            raise CacheFileError(case_id, path, f"has dtype {array.dtype.str}, its properties say {want[name]['dtype']}")
 
 
 def load_preprocessed(cache_dir, case_id: str, *, mmap: bool = True):

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cache import (CASES_FILE, SETTINGS_FILE, SOURCE_FILE, array_record, check_arrays, load_arrays,
-                        load_cache_settings, load_case_table, load_properties)
+from data.cache import (CASES_FILE, SETTINGS_FILE, SOURCE_FILE, CacheFileError, array_record, check_arrays,
+                        load_arrays, load_cache_settings, load_case_table, load_properties)
 from data.errors import CaseError
 
 SPLITS_FILE = "splits.json"
@@ -57,18 +57,13 @@ class CacheReport:
         return sorted({p.case_id for p in self.problems if p.repairable and p.case_id != CACHE_LEVEL})
 
 
-def _problem_text(exc: CaseError) -> str:
-    """The problem of a cache reader's CaseError, without its advice to run this very check."""
-    return str(exc.problem).split("; check the cache with")[0]
-
-
 def _check_case(cache: Path, case_id: str, report: CacheReport) -> None:
     try:
         props = load_properties(cache, case_id)
         image, labels = load_arrays(cache, case_id)
         check_arrays(props, image, labels, case_id, cache)
-    except CaseError as exc:
-        report.problems.append(Problem(case_id, _file_named(exc, case_id), _problem_text(exc)))
+    except CacheFileError as exc:
+        report.problems.append(Problem(case_id, exc.file, exc.found))
         return
     recorded = props.get("arrays")
     if not recorded:
@@ -78,14 +73,6 @@ def _check_case(cache: Path, case_id: str, report: CacheReport) -> None:
         if array_record(np.asarray(array))["crc32"] != recorded[name]["crc32"]:
             report.problems.append(Problem(case_id, case_id + suffix,
                                            "content differs from the checksum recorded when it was written"))
-
-
-def _file_named(exc: CaseError, case_id: str) -> str:
-    text = str(exc.problem)
-    for suffix in ("_seg.npy", ".npy", ".json"):
-        if f"{case_id}{suffix}" in text:
-            return case_id + suffix
-    return case_id
 
 
 def _check_splits(cache: Path, listed: set[str], report: CacheReport) -> None:
