@@ -18,10 +18,19 @@ re-issued command resumes by run. A run folder without a result is an interrupte
 continued with train.py --resume.
 
 Per run: kidney / tumor / mean Dice of the test split, per-group mean Dice, SD, SER, worst group,
-ES-Dice, worst-group CVaR20, the gap between the first two groups with its permutation p-value
-(fairness/significance.py), and the wall minutes. Summary: mean +- std over seeds, and each
-method's mean Dice as a share of the baseline's (a mitigation that kills the segmenter is "fair"
-and useless). Writes runs.csv, summary.csv and summary.md under --out.
+ES-Dice, worst-group CVaR20, the gap (male - female for sex, best - worst group otherwise) of mean,
+kidney and tumor Dice with their permutation p-values (fairness/significance.py), and the wall
+minutes. With --bias, also the mean Dice of the test cases the bias acts on ("affected": for
+`hidden`, the members) and the twin effect: each run's last.pt scored by evaluate.py on the affected
+test cases and on their twins (the cohort synthesised without the bias, OUT/raw_null: same plans,
+same draws), Dice(twin) - Dice(case) averaged: what the mechanism costs that model at test time.
+
+After the runs: summary (mean +- std over seeds, and each method's mean Dice as a share of the
+baseline's: a mitigation that kills the segmenter is "fair" and useless), then
+`evaluate.py --compare OUT/runs/* --baseline baseline` (side-by-side table, paired Δ with bootstrap
+CIs and Holm p-values, the trade-off figure, in OUT/compare), and the same paired Δ on kidney and
+tumor Dice alone (a planted bias may act on one class). Writes runs.csv, summary.csv/md,
+paired_kidney.csv/md, paired_tumor.csv/md and compare/ under --out.
 """
 from __future__ import annotations
 
@@ -39,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from config import load_config  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
-from fairness.report import to_markdown  # noqa: E402
+from fairness.paired import holm, paired_delta  # noqa: E402
+from fairness.report import paired_display, to_markdown  # noqa: E402
 
 ATTRIBUTE_ORDER = {"sex": ["male", "female"], "age": None}
 
@@ -126,9 +136,20 @@ def run_row(method: str, seed: int, run: Path, attribute: str) -> dict:
            "tumor": 100 * t.loc["all", "tumor"], "mean": 100 * t.loc["all", "mean"]}
     row.update({str(g): 100 * t.loc[g, "mean"] for g in groups})
     row.update({"SD": 100 * s["sd"], "SER": s["ser"], "worst": 100 * s["worst"], "ES-Dice": 100 * s["es_dice"],
-                "worst CVaR20": 100 * min(audit.cvar.values()), "gap": 100 * sig["gap"], "gap p": sig["gap_p"],
-                "minutes": run_minutes(run)})
+                "worst CVaR20": 100 * min(audit.cvar.values()),
+                "gap": signed_gap(t, groups, "mean", sig["gap"]), "gap p": sig["gap_p"]})
+    for part in ("kidney", "tumor"):      # a planted bias may act on one class only
+        row.update({f"{part} gap": signed_gap(t, groups, part, sig[f"{part}_gap"]),
+                    f"{part} gap p": sig[f"{part}_gap_p"]})
+    row["minutes"] = run_minutes(run)
     return row
+
+
+def signed_gap(table: pd.DataFrame, groups: list, column: str, unsigned: float) -> float:
+    """First group minus second (male - female) with two groups; best minus worst with more."""
+    if len(groups) == 2:
+        return 100 * (table.loc[groups[0], column] - table.loc[groups[1], column])
+    return 100 * unsigned
 
 
 def run_minutes(run: Path) -> float:
@@ -155,6 +176,81 @@ def _pm(mean: float, std: float, col: str) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def run_logged(cmd: list, log: Path) -> None:
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        fh.flush()
+        done = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"error: failed (exit {done.returncode}): {' '.join(map(str, cmd))}; see {log}")
+
+
+def compare_methods(args, methods: list[str]) -> Path:
+    """evaluate.py --compare over the method folders: the side-by-side table, the paired Δ against
+    the baseline with Holm's correction, and the trade-off figure (what a user runs on their own runs)."""
+    out = args.out / "compare"
+    cmd = [sys.executable, "evaluate.py", "--compare", *[args.out / "runs" / m for m in methods],
+           "--group", args.attribute, "--out", out, "--overwrite", "--source", "train"]
+    if "baseline" in methods:
+        cmd += ["--baseline", "baseline"]
+    print(f"== comparing {len(methods)} methods: python {' '.join(map(str, cmd[1:]))}", flush=True)
+    run_logged(cmd, args.out / "logs" / "compare.log")
+    return out
+
+
+def paired_by_class(frames: dict[str, list[pd.DataFrame]], attribute: str, part: str) -> pd.DataFrame:
+    """Paired Δ against the baseline on one class's Dice (SD of the group means, mean), Holm over methods."""
+    rows = {m: paired_delta(frames["baseline"], runs, attribute, metric=part, order=ATTRIBUTE_ORDER.get(attribute))
+            for m, runs in frames.items() if m != "baseline"}
+    deltas = pd.DataFrame.from_dict(rows, orient="index")
+    deltas["p_holm"] = holm(deltas["p_sd"].tolist())
+    deltas["p_holm_mean"] = holm(deltas["p_mean"].tolist())
+    return deltas
+
+
+def affected_cases(raw: Path) -> set[str]:
+    """The cases whose files the planted bias changed (kits.json synthetic_bias): those with a twin."""
+    cases = json.loads((raw / "kits.json").read_text())
+    return {c["case_id"] for c in cases
+            if any(k not in ("share", "hidden") for k in (c.get("synthetic_bias") or {}))}
+
+
+def null_cohort(args) -> Path:
+    """The cohort synthesised without its bias: each affected case's twin (same plan, same draws)."""
+    raw = args.out / "raw_null"
+    if not (raw / "kits.json").is_file():
+        data = load_config(ROOT / args.config)["data"]
+        cmd = [sys.executable, "preprocess.py", "synthesize", "--out", raw, "--cases", args.cases,
+               "--fov", data["synthesize_fov"], "--seed", data["synthesize_seed"],
+               "--bias", ROOT / "configs" / "bias" / "none.yaml", "--no-progress"]
+        print(f"== synthesising the twins: the cohort without its bias ({raw})", flush=True)
+        run_logged(cmd, args.out / "logs" / "twins.log")
+    return raw
+
+
+def twin_effect(run: Path, cases: list[str], null_raw: Path, log: Path) -> dict:
+    """Dice of the affected test cases' twins minus their own (evaluate.py --ckpt last.pt, original
+    geometry, both sides): what the planted mechanism costs this model at test time, case by case."""
+    scores = {}
+    for name, extra in (("biased", []), ("twins", ["--data", null_raw])):
+        out = run / "eval" / f"twin_{name}"
+        if not (out / "per_case.csv").is_file():
+            run_logged([sys.executable, "evaluate.py", "--ckpt", run / "last.pt", "--cases", ",".join(cases),
+                        "--out", out, "--overwrite", "--group", "sex", "--no-progress", "--n-boot", "200", *extra], log)
+        scores[name] = pd.read_csv(out / "per_case.csv").set_index("case_id").loc[cases]
+    row = {"twin n": len(cases)}
+    for part in ("mean", "kidney", "tumor"):
+        effect = 100 * (scores["twins"][part] - scores["biased"][part])
+        row[f"twin effect {part}"] = float(effect.mean())
+    row["twin effect better"] = int((scores["twins"]["mean"] > scores["biased"]["mean"]).sum())
+    return row
+
+
+def write_table(frame: pd.DataFrame, stem: Path, header: str) -> None:
+    frame.to_csv(stem.with_suffix(".csv"))
+    stem.with_suffix(".md").write_text(header + "\n\n" + to_markdown(frame))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fairness_matrix")
@@ -166,27 +262,55 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=80, help="epochs of ceil(train cases / batch) steps (80)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    p.add_argument("--no-twins", dest="twins", action="store_false",
+                   help="with --bias: skip scoring each run on the affected test cases' unbiased twins")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.bias is not None:
         args.bias = args.bias.resolve()
-    rows = []
+    rows, frames = [], {}
     for seed in args.seeds:
         for method in args.methods:
-            rows.append(run_row(method, seed, train_run(method, seed, args), args.attribute))
+            run = train_run(method, seed, args)
+            rows.append(run_row(method, seed, run, args.attribute))
+            frames.setdefault(method, []).append(pd.read_csv(run / "eval" / "per_case.csv"))
             pd.DataFrame(rows).to_csv(args.out / "runs.csv", index=False)
+    if args.bias is not None:
+        affected = affected_cases(args.out / "raw")
+        for row in rows:   # the cases the bias acts on (for `hidden`, the members: FairDRO's own claim)
+            frame = frames[row["method"]][args.seeds.index(row["seed"])]
+            row["affected"] = 100 * frame.loc[frame["case_id"].isin(affected), "mean"].mean()
+    if args.bias is not None and args.twins:
+        null_raw = null_cohort(args)
+        for row in rows:
+            run = args.out / "runs" / row["method"] / f"seed{row['seed']}"
+            test = pd.read_csv(run / "eval" / "per_case.csv")["case_id"]
+            cases = sorted(set(test) & affected)
+            print(f"== {row['method']} seed {row['seed']}: scoring {len(cases)} affected test cases and their twins",
+                  flush=True)
+            row.update(twin_effect(run, cases, null_raw, args.out / "logs" / "twins.log"))
+        pd.DataFrame(rows).to_csv(args.out / "runs.csv", index=False)
     runs = pd.DataFrame(rows)
-    summary = summarise(runs)
-    summary.to_csv(args.out / "summary.csv")
     bias = args.bias.name if args.bias is not None else "none"
+    order = ATTRIBUTE_ORDER.get(args.attribute)
+    gap = f"{order[0]} - {order[1]}" if order else "best - worst group"
     header = (f"procedural cohort: {args.cases} cases, bias {bias}, {args.test} test cases stratified by "
               f"{args.attribute}, {args.epochs} epochs per run, seeds {' '.join(map(str, args.seeds))}; "
-              f"Dice in %, SD in Dice %, gap = {' - '.join(map(str, (ATTRIBUTE_ORDER.get(args.attribute) or [])[:2])) or 'first - second group'}")
-    (args.out / "summary.md").write_text(header + "\n\n" + to_markdown(summary))
+              f"Dice in %, SD in Dice %, gap = {gap}")
+    summary = summarise(runs)
+    write_table(summary, args.out / "summary", header)
     print("\n" + header + "\n")
     print(summary.to_string())
-    print(f"\ntables -> {args.out / 'summary.md'}, {args.out / 'runs.csv'}")
+    if "baseline" in frames and len(frames) > 1:
+        compare_methods(args, list(frames))
+        for part in ("kidney", "tumor"):
+            deltas = paired_by_class(frames, args.attribute, part)
+            write_table(deltas, args.out / f"paired_{part}",
+                        f"{part} Dice, paired against the baseline over the same test cases (2000 bootstrap "
+                        f"resamples within groups, Δ of the means over seeds), Holm over {len(deltas)} methods")
+            print(f"\n{part} Dice against the baseline:\n{paired_display(deltas).to_string()}")
+    print(f"\ntables -> {args.out / 'summary.md'}, {args.out / 'runs.csv'}, {args.out / 'compare'}")
     return 0
 
 
