@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,10 @@ DEFAULTS = {
         # case-mix covariates the audits adjust group gaps for (fairness/significance.py): columns
         # of the per-case table, log_<column> = log(1 + column); [] for no adjusted gap
         "adjust_for": ["log_tumor_ml", "log_kidney_ml", "bmi"],
+        # per-case metrics scored at validation / test and by evaluate.py --ckpt (fairness/metrics.py):
+        # dice (always), nsd, hd95, assd; surface ones from the true voxel spacing, NSD at this tolerance
+        "metrics": ["dice"],
+        "surface_tolerance_mm": 2.0,
     },
     "fairness": {
         "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)
@@ -231,9 +236,21 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
     if isinstance(cfg["fairness"]["method"], list) and len(cfg["fairness"]["method"]) == 1:
         cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
     _check_methods(cfg["fairness"]["method"])
+    _check_eval_metrics(cfg["eval"])
     if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
         raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
     return cfg
+
+
+def _check_eval_metrics(ev: dict) -> None:
+    from fairness.metrics import check_metrics
+    try:
+        ev["metrics"] = check_metrics(ev["metrics"])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config key 'eval.metrics': {exc}") from None
+    tol = ev["surface_tolerance_mm"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ConfigError(f"config key 'eval.surface_tolerance_mm' is a distance >= 0 in mm, got {tol!r}")
 
 
 def _check_methods(method) -> None:

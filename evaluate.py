@@ -33,6 +33,11 @@ PRED/case_XXXXX.nii.gz (nnU-Net's naming) or PRED/case_XXXXX/segmentation.nii.gz
 KiTS19's: kidney = label > 0, tumor = label 2, mean of the two; a class empty in both reference
 and prediction is excluded (NaN) and counted (fairness/case_dice.py). SD is the population std
 of the group mean Dice in Dice %, SER = max(1 - D_g) / min(1 - D_g).
+
+--metric nsd / hd95 / assd asks every table, statistic and figure for a surface metric instead
+(fairness/metrics.py, fairness/surface.py: from the true voxel spacing; NSD at --surface-tolerance
+mm, 2 by default); HD95 and ASSD are in mm and lower is better (the worst group is the highest,
+SER = worst / best distance). Their files carry the metric's name: groups_sex_nsd.csv, ...
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from data.atomic import write_csv, write_figure, write_text
 from data.errors import CaseError, format_failures
 from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
+from fairness.metrics import METRICS as METRIC_NAMES
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path:
@@ -66,8 +72,10 @@ def _bmi(meta: dict) -> float:
 
 
 def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases=None, label_scheme="kits19",
-                      group_specs=("sex",), age_edges=None, bmi_edges=None, progress=True):
-    """Per-case Dice and group columns for every reference case that has a prediction."""
+                      group_specs=("sex",), age_edges=None, bmi_edges=None, progress=True, metrics=("dice",),
+                      tolerance_mm=None):
+    """Per-case Dice (and the asked surface metrics) and group columns for every reference case that
+    has a prediction."""
     import numpy as np
     from tqdm import tqdm
 
@@ -76,7 +84,8 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     from data.labels import LabelScheme
     from data.nifti import read_volume
     from data.preprocessing import class_volumes_ml
-    from fairness import kits_case_dice
+    from fairness.metrics import case_scores
+    from fairness.surface import DEFAULT_TOLERANCE_MM
 
     scheme = LabelScheme.parse(label_scheme)
     attributes = [parse_attribute(s, age_edges=age_edges, bmi_edges=bmi_edges) for s in group_specs]
@@ -101,7 +110,9 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
                                 f"{record.label_path.name} (orientation or origin): predictions must be in the "
                                 "original geometry")
             pred_labels = scheme.apply(pred.array, where=f"{record.case_id} prediction")
-            row = {"case_id": record.case_id, **kits_case_dice(pred=pred_labels, ref=ref.labels),
+            row = {"case_id": record.case_id,
+                   **case_scores(pred_labels, ref.labels, spacing=ref.spacing, metrics=metrics,
+                                 tolerance_mm=DEFAULT_TOLERANCE_MM if tolerance_mm is None else tolerance_mm),
                    **class_volumes_ml(ref.labels, ref.spacing), "bmi": _bmi(record.meta)}
             for attribute in attributes:
                 row[attribute.name] = attribute.group_of(record.meta)
@@ -131,47 +142,67 @@ def adjust_for(args) -> list:
     return list(DEFAULT_COVARIATES) if args.adjust_for is None else [c for c in args.adjust_for if c != "none"]
 
 
+def report_name(attribute: str, metric: str) -> str:
+    """The file stem of one attribute's tables: groups_<this>.csv; Dice's keep their plain names."""
+    return attribute if metric == "dice" else f"{attribute}_{metric}"
+
+
 def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args, *, title: str,
-                  writer=None) -> dict:
-    """Print and save the audit of every attribute; returns {attribute name: GroupReport}."""
+                  writer=None, metrics=("dice",)) -> dict:
+    """Print and save the audit of every attribute and metric; returns {report_name: GroupReport}."""
+    from fairness.metrics import get_metric, metric_view
+
+    reports = {}
+    for metric in map(get_metric, metrics):
+        metric_view(per_case, metric)          # a missing metric is one error before any table
+        for attribute in attributes:
+            name = report_name(attribute.name, metric.name)
+            reports[name] = write_report(per_case, attribute, out_dir, args, title=title, writer=writer,
+                                         metric=metric, name=name)
+    return reports
+
+
+def write_report(per_case: pd.DataFrame, attribute, out_dir: Path | None, args, *, title: str, writer, metric,
+                 name: str):
     from fairness.figures import group_boxplot
+    from fairness.metrics import metric_view
     from fairness.report import display_frame, format_report, group_report, report_frames, summary_line, to_latex, \
         to_markdown
 
-    reports = {}
-    for attribute in attributes:
-        rep = group_report(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
-                           n_perm=args.n_perm, covariates=adjust_for(args),
-                           n_boot=args.n_boot, seed=args.seed)
-        reports[attribute.name] = rep
-        print(f"\n{title}, grouped by {attribute.name}:\n{format_report(rep)}")
-        if out_dir is None:
-            continue
-        groups, summary = report_frames(rep)
-        write_csv(groups, out_dir / f"groups_{attribute.name}.csv")
-        write_csv(summary, out_dir / f"summary_{attribute.name}.csv")
-        shown = display_frame(rep)
-        write_text(out_dir / f"report_{attribute.name}.md",
-                   f"**{title}, by {attribute.name}** (Dice %, 95% bootstrap CI)\n\n{to_markdown(shown)}\n"
-                   f"{summary_line(rep)}\n")
-        write_text(out_dir / f"report_{attribute.name}.tex",
-                   to_latex(shown, caption=f"{title}, by {attribute.name}. {summary_line(rep)}"))
-        fig = group_boxplot(per_case, attribute.name, order=list(rep.audit.table.index.drop("all")),
-                            title=f"{title}: Dice per case by {attribute.name}")
-        write_figure(out_dir / f"box_{attribute.name}.png", fig)
-        if writer is not None:
-            s = rep.audit.summary
-            for key in ("sd", "ser", "es_dice", "worst", "gap"):
-                writer.add_scalar(f"eval/{attribute.name}/{key}", s[key], 0)
-            writer.add_scalar(f"eval/{attribute.name}/p_value", rep.test["p"], 0)
-            for key in ("sd_p", "ser_p", "gap_p", "mdg80", "gap_adjusted"):
-                writer.add_scalar(f"eval/{attribute.name}/{key}", rep.audit.significance[key], 0)
-            for group, row in rep.audit.table.iterrows():
-                writer.add_scalar(f"eval/{attribute.name}/mean_dice/{group}", row["mean"], 0)
-            writer.add_figure(f"eval/{attribute.name}/box", fig, 0)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-    return reports
+    rep = group_report(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
+                       n_perm=args.n_perm, covariates=adjust_for(args), n_boot=args.n_boot, seed=args.seed,
+                       metric=metric)
+    what = "" if metric.name == "dice" else f" ({metric.label}, {metric.unit})"
+    print(f"\n{title}, grouped by {attribute.name}{what}:\n{format_report(rep)}")
+    if out_dir is None:
+        return rep
+    groups, summary = report_frames(rep)
+    write_csv(groups, out_dir / f"groups_{name}.csv")
+    write_csv(summary, out_dir / f"summary_{name}.csv")
+    shown = display_frame(rep)
+    write_text(out_dir / f"report_{name}.md",
+               f"**{title}, by {attribute.name}** ({metric.label} {metric.unit}, 95% bootstrap CI)\n\n"
+               f"{to_markdown(shown)}\n{summary_line(rep)}\n")
+    write_text(out_dir / f"report_{name}.tex",
+               to_latex(shown, caption=f"{title}, by {attribute.name}, {metric.label} ({metric.unit}). "
+                                       f"{summary_line(rep)}"))
+    fig = group_boxplot(metric_view(per_case, metric), attribute.name, order=list(rep.audit.table.index.drop("all")),
+                        title=f"{title}: {metric.label} per case by {attribute.name}", metric=metric)
+    write_figure(out_dir / f"box_{name}.png", fig)
+    if writer is not None:
+        tag = f"eval/{name}"
+        s = rep.audit.summary
+        for key in ("sd", "ser", "es_dice", "worst", "gap"):
+            writer.add_scalar(f"{tag}/{key}", s[key], 0)
+        writer.add_scalar(f"{tag}/p_value", rep.test["p"], 0)
+        for key in ("sd_p", "ser_p", "gap_p", "mdg80", "gap_adjusted"):
+            writer.add_scalar(f"{tag}/{key}", rep.audit.significance[key], 0)
+        for group, row in rep.audit.table.iterrows():
+            writer.add_scalar(f"{tag}/mean_{metric.name}/{group}", row["mean"], 0)
+        writer.add_figure(f"{tag}/box", fig, 0)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return rep
 
 
 def cmd_audit(args) -> int:
@@ -179,12 +210,13 @@ def cmd_audit(args) -> int:
         raise CaseError(str(args.pred), "prediction folder not found")
     per_case, attributes, failures = score_predictions(
         args.pred, args.gt, metadata_path=args.meta, cases=args.cases, label_scheme=args.label_scheme,
-        group_specs=args.group, progress=not args.no_progress)
+        group_specs=args.group, progress=not args.no_progress, metrics=args.metric or ["dice"],
+        tolerance_mm=args.surface_tolerance)
     if per_case.empty:
         print(format_failures(failures), file=sys.stderr)
         raise CaseError(str(args.pred), "no case could be scored")
     out = open_out_dir(args.out, args.overwrite) if args.out is not None else None
-    write_reports(per_case, attributes, out, args, title=f"predictions in {args.pred}")
+    write_reports(per_case, attributes, out, args, title=f"predictions in {args.pred}", metrics=args.metric or ["dice"])
     if out is not None:
         write_csv(per_case, out / "per_case.csv", index=False)  # last: it marks the folder finished
     print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
@@ -297,7 +329,10 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if model.routes_by_group:
         stored = ckpt.get("group_index") or {"attribute": cfg["fairness"]["attribute"]}
         index = GroupIndex.from_table(table, settings, stored["attribute"], groups=stored.get("groups"))
-    scorer = CaseScorer(model, cache, options, index=index, anisotropy_threshold=settings.anisotropy_threshold)
+    metrics = checkpoint_metrics(args, cfg)
+    tolerance = cfg["eval"]["surface_tolerance_mm"] if args.surface_tolerance is None else args.surface_tolerance
+    scorer = CaseScorer(model, cache, options, index=index, anisotropy_threshold=settings.anisotropy_threshold,
+                        metrics=metrics, tolerance_mm=tolerance)
     scheme = LabelScheme.parse(settings.label_scheme)
     attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
@@ -314,7 +349,13 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if scorer.reused:
         print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
               "evaluation)")
-    return with_covariates(pd.DataFrame(rows), table), attributes, failures
+    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics
+
+
+def checkpoint_metrics(args, cfg: dict) -> list[str]:
+    """--metric, else the run's eval.metrics; Dice first, always."""
+    from fairness.metrics import check_metrics
+    return check_metrics(args.metric or cfg["eval"]["metrics"])
 
 
 def cmd_ckpt(args) -> int:
@@ -332,13 +373,14 @@ def cmd_ckpt(args) -> int:
         on_interrupt(lambda exc, path=path, out_dir=out_dir:
                      f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
                      "the same command continues from them")
-        per_case, attributes, failures = evaluate_checkpoint(path, args, out_dir)
+        per_case, attributes, failures, metrics = evaluate_checkpoint(path, args, out_dir)
         if per_case.empty:
             print(format_failures(failures), file=sys.stderr)
             raise CaseError(str(path), "no case could be scored")
         writer = SummaryWriter(str(out_dir))
         title = f"{path.parent.name}/{path.name}, {len(per_case)} cases"
-        all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer))
+        all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
+                                         metrics=metrics))
         writer.close()
         write_csv(per_case, out_dir / "per_case.csv", index=False)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
@@ -351,8 +393,9 @@ def cmd_ckpt(args) -> int:
         agg_dir = open_out_dir(agg_dir, args.overwrite) if args.out is None else agg_dir
         for name in all_reports[0]:
             table, agg = seed_table([r[name].audit for r in all_reports])
-            line = seed_summary_line(agg)
-            print(f"\n{len(paths)} checkpoints, grouped by {name} (Dice %, mean ± std over seeds):\n"
+            line = seed_summary_line(agg, all_reports[0][name].audit.metric)
+            m = all_reports[0][name].audit.metric
+            print(f"\n{len(paths)} checkpoints, grouped by {name} ({m.label} {m.unit}, mean ± std over seeds):\n"
                   f"{table.to_string()}\n{line}")
             write_csv(pd.DataFrame(agg).T.rename_axis("figure"), agg_dir / f"seeds_{name}.csv")
             write_text(agg_dir / f"seeds_{name}.md", to_markdown(table) + f"\n{line}\n")
@@ -392,7 +435,9 @@ def load_methods(args):
     from data.groups import parse_attribute
     from data.preprocessing import PreprocessSettings
     from fairness.audit import audit_groups
+    from fairness.metrics import metric_view
 
+    metric = compare_metric(args)
     methods, frames, orders, sources = {}, {}, {}, {}
     for folder in map(Path, args.compare):
         by_attr, runs = {}, []
@@ -409,8 +454,11 @@ def load_methods(args):
                 orders[attribute.name] = attribute.order
                 by_attr.setdefault(attribute.name, []).append(
                     audit_groups(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
-                                 n_perm=args.n_perm, seed=args.seed, covariates=adjust_for(args)))
-            runs.append(per_case)
+                                 n_perm=args.n_perm, seed=args.seed, covariates=adjust_for(args), metric=metric))
+            try:
+                runs.append(metric_view(per_case, metric))
+            except ValueError as exc:
+                raise CaseError(str(run), str(exc)) from None
         name = folder.name if folder.name not in methods else str(folder)
         methods[name], frames[name] = by_attr, runs
     if len(sources) > 1:
@@ -419,14 +467,29 @@ def load_methods(args):
     return methods, frames, orders
 
 
+def compare_metric(args):
+    """The one metric of a comparison (--metric, Dice by default)."""
+    from fairness.metrics import get_metric
+    names = args.metric or ["dice"]
+    if len(names) > 1:
+        raise CaseError("--metric", "--compare makes one comparison: give one metric")
+    return get_metric(names[0])
+
+
 def compare_out_dir(args) -> Path:
     out = args.out or Path(os.path.commonpath([Path(f).resolve() for f in args.compare])) / "compare"
     if len(args.compare) == 1:
         out = args.out or Path(args.compare[0]) / "compare"
-    if (out / "compare.csv").exists() and not args.overwrite:
-        raise CaseError(str(out), "holds a comparison (compare.csv); pass --overwrite or choose another --out")
+    name = f"compare{metric_suffix(args)}.csv"
+    if (out / name).exists() and not args.overwrite:
+        raise CaseError(str(out), f"holds a comparison ({name}); pass --overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def metric_suffix(args) -> str:
+    metric = compare_metric(args)
+    return "" if metric.name == "dice" else f"_{metric.name}"
 
 
 def paired_columns(table: pd.DataFrame, frames: dict, orders: dict, args) -> pd.DataFrame:
@@ -439,14 +502,14 @@ def paired_columns(table: pd.DataFrame, frames: dict, orders: dict, args) -> pd.
     attrs = list(orders)
     for k, attr in enumerate(attrs):
         rows = {name: paired_delta(frames[args.baseline], runs, attr, order=orders[attr], n_boot=args.n_boot,
-                                   seed=args.seed)
+                                   seed=args.seed, measure=compare_metric(args))
                 for name, runs in frames.items() if name != args.baseline}
         deltas = pd.DataFrame.from_dict(rows, orient="index")
         deltas["p_holm"] = holm(deltas["p_sd"].tolist())          # the fairness claim: did SD change?
         deltas["p_holm_mean"] = holm(deltas["p_mean"].tolist())
         print(f"\nagainst {args.baseline}, by {attr} (paired over the same test cases, {args.n_boot} bootstrap "
               f"resamples within groups; Δ of the means over seeds; Holm over {len(deltas)} method(s)):\n"
-              f"{paired_display(deltas).to_string()}")
+              f"{paired_display(deltas, compare_metric(args)).to_string()}")
         suffixed = deltas.add_suffix(f"_{attr}")
         table = table.join(suffixed if k else deltas.join(suffixed))
     return table
@@ -456,31 +519,35 @@ def cmd_compare(args) -> int:
     from fairness.figures import tradeoff_plot
     from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
 
+    metric, suffix = compare_metric(args), metric_suffix(args)
     methods, frames, orders = load_methods(args)
     table = compare_table(methods)
     shown = compare_display(table)
     out = compare_out_dir(args)
-    print(f"\nmethods side by side (Dice % and SD in Dice %: mean ± std over seeds):\n{shown.to_string()}")
+    unit = f"{metric.label} {metric.unit}"
+    print(f"\nmethods side by side ({unit} and SD in {metric.unit}: mean ± std over seeds):\n{shown.to_string()}")
+    pick = max if metric.higher_is_better else min
     for attr in methods[next(iter(methods))]:
         for figure in ("sd", "ser"):
-            front = pareto_front(table["mean"].tolist(), table[f"{figure}_{attr}"].tolist())
+            front = pareto_front(table["mean"].tolist(), table[f"{figure}_{attr}"].tolist(),
+                                 higher_is_better=metric.higher_is_better)
             table[f"pareto_{figure}_{attr}"] = front
-        best = table["mean"].idxmax()
+        best = pick(table.index, key=lambda m: table.loc[m, "mean"])
         on_front = [m for m, f in table[f"pareto_sd_{attr}"].items() if f]
         fairest = table.loc[on_front, f"sd_{attr}"].idxmin() if on_front else None
-        print(f"by {attr}: best mean Dice {best} ({table.loc[best, 'mean']:.1f}, SD {table.loc[best, f'sd_{attr}']:.2f}); "
-              f"Pareto front on Dice vs SD: {', '.join(on_front)}"
+        print(f"by {attr}: best mean {metric.label} {best} ({table.loc[best, 'mean']:.1f}, "
+              f"SD {table.loc[best, f'sd_{attr}']:.2f}); Pareto front on {metric.label} vs SD: {', '.join(on_front)}"
               + (f"; fairest on it {fairest} (SD {table.loc[fairest, f'sd_{attr}']:.2f}, "
-                 f"Dice {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
-        fig = tradeoff_plot(table, attr)
-        write_figure(out / f"tradeoff_{attr}.png", fig)
+                 f"{metric.label} {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
+        fig = tradeoff_plot(table, attr, metric=metric)
+        write_figure(out / f"tradeoff_{attr}{suffix}.png", fig)
         import matplotlib.pyplot as plt
         plt.close(fig)
     if args.baseline is not None:
         table = paired_columns(table, frames, orders, args)
-    write_csv(table, out / "compare.csv")
-    write_text(out / "compare.md", to_markdown(shown))
-    write_text(out / "compare.tex", to_latex(shown, caption="Dice (%) and fairness, mean ± std over seeds"))
+    write_csv(table, out / f"compare{suffix}.csv")
+    write_text(out / f"compare{suffix}.md", to_markdown(shown))
+    write_text(out / f"compare{suffix}.tex", to_latex(shown, caption=f"{unit} and fairness, mean ± std over seeds"))
     print(f"\ntables and figures in {out}")
     return 0
 
@@ -536,6 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--source", default="auto",
                      help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
                           "train, or an eval/ subfolder name such as best")
+    me = parser.add_argument_group("metrics")
+    me.add_argument("--metric", nargs="+", metavar="NAME", choices=list(METRIC_NAMES),
+                    help="per-case metric(s) every table, statistic and figure is made for: dice (KiTS19's, the "
+                         "default), nsd (normalised surface Dice), hd95, assd (mm, lower is better); several: a set "
+                         "of tables each (default: dice; --ckpt: the run's eval.metrics)")
+    me.add_argument("--surface-tolerance", type=float, metavar="MM",
+                    help="NSD tolerance in mm (default: the run's eval.surface_tolerance_mm, else 2)")
     st = parser.add_argument_group("statistics")
     st.add_argument("--cvar-level", type=float, default=0.2,
                     help="within-group tail: the CVaR of the worst fraction of a group's cases (0.2)")

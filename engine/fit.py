@@ -288,7 +288,8 @@ class Trainer:
         options = WindowOptions(patch_size=self.patch, overlap=ev["overlap"], mirror=ev["mirror"],
                                 tile_batch=ev["tile_batch"], device=self.env.device, amp_dtype=self.env.amp_dtype)
         ds_was, net.deep_supervision = net.deep_supervision, False
-        scorer = CaseScorer(net, self.data.cache, options, index=self.data.index)
+        scorer = CaseScorer(net, self.data.cache, options, index=self.data.index, metrics=ev["metrics"],
+                            tolerance_mm=ev["surface_tolerance_mm"])
         try:
             rows, kept = scorer.score_many(case_ids, keep=keep)
         finally:

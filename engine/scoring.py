@@ -12,6 +12,10 @@ Usage:
     row = scorer.score("case_00003")                                   # preprocessed geometry
     row = scorer.score("case_00003", record=rec, scheme=scheme, pred_dir=Path("preds"))   # original
     rows, kept = scorer.score_many(case_ids, keep=2)   # kept: pictures for TensorBoard; scorer.failures
+    CaseScorer(net, cache, options, metrics=("dice", "nsd"), tolerance_mm=2.0)   # + surface columns
+
+Surface metrics (fairness/metrics.py) use the geometry the case is scored in: the original
+spacing after write-back, the preprocessed (target) spacing otherwise.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from data.cache import load_preprocessed
 from data.errors import CaseError
 from data.nifti import read_volume
 from data.writeback import to_original_geometry, write_prediction
-from fairness import kits_case_dice
+from fairness.metrics import case_scores
+from fairness.surface import DEFAULT_TOLERANCE_MM
 from mitigations.dmoe import WithGroup
 from models.inference import predict_case
 
@@ -42,9 +47,11 @@ class WindowOptions:
 
 
 class CaseScorer:
-    def __init__(self, net, cache, options: WindowOptions, *, index=None, anisotropy_threshold: float = 3.0):
+    def __init__(self, net, cache, options: WindowOptions, *, index=None, anisotropy_threshold: float = 3.0,
+                 metrics=("dice",), tolerance_mm: float = DEFAULT_TOLERANCE_MM):
         self.net, self.cache, self.options, self.index = net, Path(cache), options, index
         self.anisotropy_threshold = anisotropy_threshold
+        self.metrics, self.tolerance_mm = tuple(metrics), tolerance_mm
         self.reused = 0     # predictions found already written (an interrupted evaluation)
         self.failures: list[CaseError] = []   # cases score_many could not read
 
@@ -68,7 +75,7 @@ class CaseScorer:
             pred = self.predict(case_id, image).argmax(0).to(torch.uint8).numpy()
             if picture is not None:
                 picture.append((case_id, np.asarray(image), np.asarray(cached_seg), pred))
-            return {"case_id": case_id, **kits_case_dice(pred=pred, ref=np.asarray(cached_seg)),
+            return {"case_id": case_id, **self._scores(pred, np.asarray(cached_seg), props["spacing"]),
                     "geometry": "preprocessed"}
         ref = read_volume(record.label_path, where=case_id)
         ref_labels = scheme.apply(ref.array, where=case_id)
@@ -83,7 +90,10 @@ class CaseScorer:
             labels = to_original_geometry(self.predict(case_id, image), props,
                                           anisotropy_threshold=self.anisotropy_threshold)
             write_prediction(pred_file, labels, props, reference=ref)
-        return {"case_id": case_id, **kits_case_dice(pred=labels, ref=ref_labels), "geometry": "original"}
+        return {"case_id": case_id, **self._scores(labels, ref_labels, ref.spacing), "geometry": "original"}
+
+    def _scores(self, pred, ref, spacing) -> dict:
+        return case_scores(pred, ref, spacing=spacing, metrics=self.metrics, tolerance_mm=self.tolerance_mm)
 
     def score_many(self, case_ids, *, keep: int = 0):
         """Rows of every case in the preprocessed geometry, and pictures of the first `keep`. A case

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fairness.grouping import group_order
+from fairness.metrics import DICE, get_metric
 from fairness.report import pareto_front
 
 
@@ -29,13 +30,15 @@ def _pyplot():
 
 
 def group_boxplot(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
-                  title: str = ""):
+                  title: str = "", metric=DICE):
+    """per_case holds `metric`'s values under kidney / tumor / mean (fairness.metrics.metric_view)."""
     plt = _pyplot()
+    metric_info = get_metric(metric)
     groups = group_order(per_case[group_col], order=order)
     fig, axes = plt.subplots(1, 3, figsize=(4 + 1.6 * len(groups) * 1.5, 4), sharey=True)
     rng = np.random.default_rng(0)  # dot jitter only; fixed so the picture is reproducible
     for ax, metric in zip(axes, ("kidney", "tumor", "mean")):
-        data = [100 * per_case.loc[per_case[group_col] == g, metric].dropna().to_numpy() for g in groups]
+        data = [metric_info.scale * per_case.loc[per_case[group_col] == g, metric].dropna().to_numpy() for g in groups]
         positions = np.arange(1, len(groups) + 1)
         ax.boxplot([d if len(d) else [np.nan] for d in data], positions=positions, widths=0.55,
                    showfliers=False, medianprops={"color": "black"})
@@ -45,24 +48,28 @@ def group_boxplot(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Has
                 ax.scatter([pos], [values.mean()], marker="D", color="crimson", s=28, zorder=4)
         ax.set_xticks(positions, [f"{g}\nn={len(d)}" for g, d in zip(groups, data)])
         ax.set_title(metric)
-        ax.set_ylim(-2, 102)
+        if metric_info.unit == "%":
+            ax.set_ylim(-2, 102)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("Dice per case (%)")
-    fig.suptitle(title or f"Dice per case by {group_col} (diamond: group mean)")
+    axes[0].set_ylabel(f"{metric_info.label} per case ({metric_info.unit})")
+    fig.suptitle(title or f"{metric_info.label} per case by {group_col} (diamond: group mean)")
     fig.tight_layout()
     return fig
 
 
-def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = ""):
-    """compare: fairness.report.compare_table (Dice and SD in %, SER unitless, *_std over seeds)."""
+def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = "", metric=DICE):
+    """compare: fairness.report.compare_table (Dice and SD in %, SER unitless, *_std over seeds;
+    another metric: its unit, and for a distance the best method is the lowest)."""
     plt = _pyplot()
+    m = get_metric(metric)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     dice, dice_std = compare["mean"].to_numpy(float), compare["mean_std"].to_numpy(float)
-    best = int(np.nanargmax(dice)) if np.isfinite(dice).any() else None
-    for ax, figure, label in ((axes[0], f"sd_{attribute}", f"SD of group mean Dice by {attribute} (Dice %)"),
+    pick = np.nanargmax if m.higher_is_better else np.nanargmin
+    best = int(pick(dice)) if np.isfinite(dice).any() else None
+    for ax, figure, label in ((axes[0], f"sd_{attribute}", f"SD of group mean {m.label} by {attribute} ({m.unit})"),
                               (axes[1], f"ser_{attribute}", f"SER by {attribute}")):
         unfair, unfair_std = compare[figure].to_numpy(float), compare[f"{figure}_std"].to_numpy(float)
-        front = pareto_front(dice, unfair)
+        front = pareto_front(dice, unfair, higher_is_better=m.higher_is_better)
         ax.errorbar(unfair, dice, xerr=np.nan_to_num(unfair_std), yerr=np.nan_to_num(dice_std), fmt="o",
                     color="tab:blue", ecolor="lightgray", capsize=3, zorder=2)
         on = [i for i, f in enumerate(front) if f]
@@ -72,14 +79,14 @@ def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = ""):
             ax.scatter(unfair[on], dice[on], s=160, facecolors="none", edgecolors="tab:green", zorder=3)
         if best is not None:
             ax.scatter([unfair[best]], [dice[best]], marker="*", s=200, color="tab:orange", zorder=4,
-                       label="best mean Dice")
+                       label=f"best mean {m.label}")
         labels = {}  # methods at the same point share one label instead of overprinting
         for i, name in enumerate(compare.index):
             labels.setdefault((unfair[i], dice[i]), []).append(str(name))
         for (x, y), names in labels.items():
             ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
         ax.set_xlabel(f"{label}  (fairer ←)")
-        ax.set_ylabel("mean Dice (%)")
+        ax.set_ylabel(f"mean {m.label} ({m.unit})" + ("" if m.higher_is_better else "  (better ↓)"))
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title or f"Accuracy against fairness by {attribute} (mean ± std over seeds)")

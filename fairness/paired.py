@@ -8,7 +8,10 @@ bootstrap's two-sided one, min(1, 2 min(#{Δ* <= 0} + 1, #{Δ* >= 0} + 1) / (B +
 they are Holm-corrected. Two identical methods give Δ = 0 exactly, p = 1.
 
 Statistics: mean Dice (over cases), SD and SER of the group mean Dice, worst-group Dice.
-Dice, SD and worst are in points (x100) in the returned rows; SER unitless.
+Dice, SD and worst are in points (x100) in the returned rows; SER unitless. Another metric
+(`measure`, fairness/metrics.py; the frames then hold its values under kidney / tumor / mean, as
+metric_view gives them): its scale, and for a distance the worst group is the highest and SER the
+ratio of the distances.
 
 Usage:
     row = paired_delta([base_seed0, base_seed1], [resm_seed0, resm_seed1], "sex", order=["male", "female"])
@@ -24,23 +27,26 @@ import numpy as np
 import pandas as pd
 
 from fairness.grouping import group_order
+from fairness.metrics import DICE
 
 STATISTICS = ("mean", "sd", "ser", "worst")
-SCALE = {"mean": 100.0, "sd": 100.0, "ser": 1.0, "worst": 100.0}
 
 
 def _aligned(frames: Sequence[pd.DataFrame], case_ids: list, metric: str) -> np.ndarray:
     return np.stack([f.set_index("case_id").loc[case_ids, metric].to_numpy(float) for f in frames])
 
 
-def _statistics(values: np.ndarray, onehot: np.ndarray) -> dict:
+def _statistics(values: np.ndarray, onehot: np.ndarray, higher_is_better: bool = True) -> dict:
     """values (..., n) -> each statistic (...,), NaN cases left out of their group's mean."""
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
     means = (filled @ onehot) / (present.astype(float) @ onehot)
-    worst, best = means.min(axis=-1), means.max(axis=-1)
+    low, high = means.min(axis=-1), means.max(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ser = (1.0 - worst) / (1.0 - best)
+        if higher_is_better:
+            worst, ser = low, (1.0 - low) / (1.0 - high)
+        else:                                   # a distance is its own error
+            worst, ser = high, high / low
         overall = filled.sum(axis=-1) / present.sum(axis=-1)
     return {"mean": overall, "sd": means.std(axis=-1), "ser": ser, "worst": worst}
 
@@ -58,7 +64,8 @@ def check_same_cases(runs: dict) -> list:
 
 
 def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame], group_col: str, *,
-                 metric: str = "mean", order=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+                 metric: str = "mean", order=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 measure=DICE) -> dict:
     """{"delta_<s>", "delta_<s>_lo", "delta_<s>_hi", "p_<s>"} for s in STATISTICS (see module)."""
     runs = {f"baseline run {i}": f for i, f in enumerate(baseline)}
     runs.update({f"method run {i}": f for i, f in enumerate(method)})
@@ -80,14 +87,15 @@ def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame
         members = np.flatnonzero(codes == g)
         index[:, members] = members[rng.integers(0, len(members), size=(int(n_boot), len(members)))]
 
-    b_point, m_point = _statistics(base, onehot), _statistics(meth, onehot)     # (runs,)
-    b_stats = _statistics(base[:, index], onehot)        # (runs, B)
-    m_stats = _statistics(meth[:, index], onehot)
+    better = measure.higher_is_better
+    b_point, m_point = _statistics(base, onehot, better), _statistics(meth, onehot, better)     # (runs,)
+    b_stats = _statistics(base[:, index], onehot, better)        # (runs, B)
+    m_stats = _statistics(meth[:, index], onehot, better)
     row = {}
     for s in STATISTICS:
         draws = np.nanmean(m_stats[s], axis=0) - np.nanmean(b_stats[s], axis=0)
         draws = draws[np.isfinite(draws)]
-        scale = SCALE[s]
+        scale = 1.0 if s == "ser" else measure.scale
         row[f"delta_{s}"] = float(scale * (np.nanmean(m_point[s]) - np.nanmean(b_point[s])))
         if draws.size:
             lo, hi = np.percentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2])

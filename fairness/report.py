@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
+from fairness.metrics import DICE, metric_view
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
 from fairness.significance import DEFAULT_COVARIATES, SUMMARY_COLUMNS, significance_line
 from fairness.tables import ALL_ROW
@@ -45,17 +46,20 @@ class GroupReport:
 
 def group_report(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hashable] | None = None,
                  cvar_level: float = 0.2, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                 n_perm: int = 5000, covariates=DEFAULT_COVARIATES) -> GroupReport:
+                 n_perm: int = 5000, covariates=DEFAULT_COVARIATES, metric="dice") -> GroupReport:
     audit = audit_groups(per_case, group_col, order=order, cvar_level=cvar_level, n_perm=n_perm, seed=seed,
-                         covariates=covariates)
+                         covariates=covariates, metric=metric)
     order = [g for g in audit.table.index if g != ALL_ROW]
-    boot = bootstrap_audit(per_case, group_col, order=order, n_boot=n_boot, seed=seed, level=level)
-    test = group_difference_test(per_case, group_col, metric="mean", order=order)
+    view = metric_view(per_case, audit.metric)
+    boot = bootstrap_audit(view, group_col, order=order, n_boot=n_boot, seed=seed, level=level,
+                           higher_is_better=audit.metric.higher_is_better)
+    test = group_difference_test(view, group_col, metric="mean", order=order)
     return GroupReport(audit=audit, boot=boot, test=test)
 
 
-def _pct(value, width: int = 5) -> str:
-    return f"{100 * value:{width}.1f}" if pd.notna(value) and math.isfinite(value) else f"{'-':>{width}}"
+def _pct(value, width: int = 5, scale: float = 100) -> str:
+    """A value shown at `scale` (Dice x100 in %; a distance x1 in mm), one decimal."""
+    return f"{scale * value:{width}.1f}" if pd.notna(value) and math.isfinite(value) else f"{'-':>{width}}"
 
 
 def _interval(lo, hi, scale: float = 100, digits: int = 1) -> str:
@@ -72,27 +76,31 @@ def format_p(p) -> str:
 
 
 def format_report(rep: GroupReport) -> str:
-    """Dice in %, SD in Dice %, SER unitless; intervals are the bootstrap's percentile ones."""
+    """Dice in %, SD in Dice %, SER unitless (a distance metric: mm); intervals are the bootstrap's
+    percentile ones."""
     a, b = rep.audit, rep.boot
+    k = a.metric.scale
     level = int(round(100 * b["level"]))
     cvar_name = f"CVaR{int(round(a.cvar_level * 100))}"
-    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:>6}"]
+    heading = "" if a.metric is DICE else f"   ({a.metric.label}, {a.metric.unit})"
+    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:>6}{heading}"]
     for group, row in a.table.iterrows():
         cells = []
         for metric in METRICS:
             lo, hi = b["groups"].loc[group, f"{metric}_lo"], b["groups"].loc[group, f"{metric}_hi"]
-            cells.append(f"{_pct(row[metric])} {_interval(lo, hi):<15}")
+            cells.append(f"{_pct(row[metric], scale=k)} {_interval(lo, hi, scale=k):<15}")
         tail = a.cvar.get(group, math.nan) if group != ALL_ROW else math.nan
-        lines.append(f"{str(group):<14} {int(row['n']):>4}  {' '.join(cells)} {_pct(tail, 6)}")
+        lines.append(f"{str(group):<14} {int(row['n']):>4}  {' '.join(cells)} {_pct(tail, 6, scale=k)}")
     s = a.summary
     test = rep.test
     test_name = test["test"] or "group test"
     test_text = (f"{test_name} p = {format_p(test['p'])}" if pd.notna(test["p"])
                  else f"{test_name}: {test['note'] or 'not applicable'}")
-    lines.append(f"SD {100 * s['sd']:.2f} {_interval(*b['sd'], digits=2)}   "
+    lines.append(f"SD {k * s['sd']:.2f} {_interval(*b['sd'], scale=k, digits=2)}   "
                  f"SER {s['ser']:.2f} {_interval(*b['ser'], scale=1, digits=2)}   {test_text}")
-    lines.append(f"ES-Dice {_pct(s['es_dice'], 0)}   worst {s['worst_group']} {_pct(s['worst'], 0)}   "
-                 f"gap {_pct(s['gap'], 0)}   ({level}% bootstrap CIs, {b['n_boot']} resamples within groups, "
+    es = f"ES-Dice {_pct(s['es_dice'], 0)}   " if a.metric.higher_is_better else ""
+    lines.append(f"{es}worst {s['worst_group']} {_pct(s['worst'], 0, scale=k)}   "
+                 f"gap {_pct(s['gap'], 0, scale=k)}   ({level}% bootstrap CIs, {b['n_boot']} resamples within groups, "
                  f"seed {b['seed']})")
     return "\n".join(lines + audit_footnotes(a))
 
@@ -121,21 +129,23 @@ def display_frame(rep: GroupReport) -> pd.DataFrame:
     groups, summary = report_frames(rep)
     out = pd.DataFrame(index=[str(g) for g in groups.index])
     out["n"] = [str(int(n)) for n in groups["n"]]
+    k = rep.audit.metric.scale
     for metric in METRICS:
-        out[metric] = [f"{_pct(v).strip()} {_interval(lo, hi)}".strip()
+        out[metric] = [f"{_pct(v, scale=k).strip()} {_interval(lo, hi, scale=k)}".strip()
                        for v, lo, hi in zip(groups[metric], groups[f"{metric}_lo"], groups[f"{metric}_hi"])]
     cvar_col = [c for c in groups.columns if c.startswith("cvar")][0]
-    out[cvar_col.upper().replace("CVAR", "CVaR")] = [_pct(v).strip() for v in groups[cvar_col]]
+    out[cvar_col.upper().replace("CVAR", "CVaR")] = [_pct(v, scale=k).strip() for v in groups[cvar_col]]
     out.index.name = rep.attribute
     return out
 
 
 def summary_line(rep: GroupReport) -> str:
-    s, b, t = rep.audit.summary, rep.boot, rep.test
-    return (f"SD {100 * s['sd']:.2f} {_interval(*b['sd'], digits=2)}; SER {s['ser']:.2f} "
+    s, b, t, m = rep.audit.summary, rep.boot, rep.test, rep.audit.metric
+    es = f"ES-Dice {_pct(s['es_dice'], 0)}; " if m.higher_is_better else ""
+    return (f"SD {m.scale * s['sd']:.2f} {_interval(*b['sd'], scale=m.scale, digits=2)}; SER {s['ser']:.2f} "
             f"{_interval(*b['ser'], scale=1, digits=2)}; {t['test'] or 'group test'} p = {format_p(t['p'])}; "
-            f"ES-Dice {_pct(s['es_dice'], 0)}; worst {s['worst_group']} {_pct(s['worst'], 0)}; "
-            + significance_line(rep.audit.significance).replace("\n", "; "))
+            f"{es}worst {s['worst_group']} {_pct(s['worst'], 0, scale=m.scale)}; "
+            + significance_line(rep.audit.significance, m).replace("\n", "; "))
 
 
 # --- several seeds of one model ----------------------------------------------------------------
@@ -146,12 +156,13 @@ def seed_table(audits: Sequence[Audit]) -> tuple[pd.DataFrame, dict]:
     Returns (table of strings, aggregate dict from fairness.stats.aggregate_seeds).
     """
     agg = aggregate_seeds([audit_figures(a) for a in audits])
+    scale = audits[0].metric.scale
     groups = list(audits[0].table.index)
     rows = {}
     for group in groups:
         row = {"n": _mean_std_text(agg.get(f"n/{group}"), scale=1, digits=0)}
         for metric in METRICS:
-            row[metric] = _mean_std_text(agg.get(f"{metric}/{group}"))
+            row[metric] = _mean_std_text(agg.get(f"{metric}/{group}"), scale=scale)
         rows[str(group)] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = audits[0].group_col
@@ -165,9 +176,12 @@ def _mean_std_text(entry, scale: float = 100, digits: int = 1) -> str:
     return f"{scale * entry['mean']:.{digits}f}{std}"
 
 
-def seed_summary_line(agg: dict) -> str:
-    return (f"SD {_mean_std_text(agg.get('sd'), digits=2)}   SER {_mean_std_text(agg.get('ser'), scale=1, digits=2)}   "
-            f"ES-Dice {_mean_std_text(agg.get('es_dice'))}   worst {_mean_std_text(agg.get('worst'))}   "
+def seed_summary_line(agg: dict, metric=DICE) -> str:
+    m = metric
+    es = f"ES-Dice {_mean_std_text(agg.get('es_dice'))}   " if m.higher_is_better else ""
+    return (f"SD {_mean_std_text(agg.get('sd'), scale=m.scale, digits=2)}   "
+            f"SER {_mean_std_text(agg.get('ser'), scale=1, digits=2)}   "
+            f"{es}worst {_mean_std_text(agg.get('worst'), scale=m.scale)}   "
             f"(mean ± std over {agg['sd']['n']} seeds; SD and SER per seed, then averaged)")
 
 
@@ -176,17 +190,18 @@ def seed_summary_line(agg: dict) -> str:
 def compare_table(methods: dict[str, dict[str, list[Audit]]]) -> pd.DataFrame:
     """methods: name -> {attribute: [Audit per seed]}. One numeric row per method:
     kidney/tumor/mean (from the first attribute's "all" row) and SD/SER per attribute, each with
-    _std over seeds, plus the number of seeds. Dice and SD in %, SER unitless."""
+    _std over seeds, plus the number of seeds. Dice and SD in % (a distance metric: mm), SER unitless."""
     rows = {}
     for name, by_attr in methods.items():
         row = {}
         for i, (attr, audits) in enumerate(by_attr.items()):
             agg = aggregate_seeds([audit_figures(a) for a in audits])
+            k = audits[0].metric.scale
             if i == 0:
                 row["seeds"] = len(audits)
                 for metric in METRICS:
-                    row[metric], row[f"{metric}_std"] = _scaled(agg[f"{metric}/{ALL_ROW}"], 100)
-            row[f"sd_{attr}"], row[f"sd_{attr}_std"] = _scaled(agg["sd"], 100)
+                    row[metric], row[f"{metric}_std"] = _scaled(agg[f"{metric}/{ALL_ROW}"], k)
+            row[f"sd_{attr}"], row[f"sd_{attr}_std"] = _scaled(agg["sd"], k)
             row[f"ser_{attr}"], row[f"ser_{attr}_std"] = _scaled(agg["ser"], 1)
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -211,10 +226,11 @@ def compare_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paired_display(deltas: pd.DataFrame) -> pd.DataFrame:
+def paired_display(deltas: pd.DataFrame, metric=DICE) -> pd.DataFrame:
     """Δ [CI] strings per method (fairness.paired rows), with the Holm-corrected p of ΔSD."""
     out = pd.DataFrame(index=deltas.index)
-    for s, title, digits in (("mean", "Δ mean Dice", 1), ("sd", "ΔSD", 2), ("ser", "ΔSER", 2), ("worst", "Δ worst", 1)):
+    for s, title, digits in (("mean", f"Δ mean {metric.label}", 1), ("sd", "ΔSD", 2), ("ser", "ΔSER", 2),
+                             ("worst", "Δ worst", 1)):
         out[title] = [f"{v:+.{digits}f} " + (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if pd.notna(lo) else "")
                       for v, lo, hi in zip(deltas[f"delta_{s}"], deltas[f"delta_{s}_lo"], deltas[f"delta_{s}_hi"])]
     out["p ΔSD (Holm)"] = [format_p(p) for p in deltas["p_holm"]]
@@ -223,9 +239,11 @@ def paired_display(deltas: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def pareto_front(dice: Sequence[float], unfairness: Sequence[float]) -> list[bool]:
-    """True for each point that no other point beats: Dice at least as high and unfairness at
-    least as low, one of them strictly. NaN points are never on the front."""
+def pareto_front(dice: Sequence[float], unfairness: Sequence[float], *, higher_is_better: bool = True) -> list[bool]:
+    """True for each point that no other point beats: Dice at least as high (a distance: as low) and
+    unfairness at least as low, one of them strictly. NaN points are never on the front."""
+    if not higher_is_better:
+        dice = [-d for d in dice]
     flags = []
     for i, (d, u) in enumerate(zip(dice, unfairness)):
         if pd.isna(d) or pd.isna(u):

@@ -58,16 +58,17 @@ def _scored(per_case: pd.DataFrame, group_col: str, metric: str, order):
     return frame[metric].to_numpy(dtype=float), codes, groups
 
 
-def _figures(means: np.ndarray) -> dict:
-    """SD (ddof 0), SER and gap over the last axis of group mean Dice."""
-    worst, best = means.min(axis=-1), means.max(axis=-1)
+def _figures(means: np.ndarray, higher_is_better: bool = True) -> dict:
+    """SD (ddof 0), SER and gap over the last axis of group means (Dice, or a distance when
+    lower is better: SER = worst / best distance, gap = worst - best)."""
+    low, high = means.min(axis=-1), means.max(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ser = (1.0 - worst) / (1.0 - best)
-    return {"sd": means.std(axis=-1), "ser": ser, "gap": best - worst}
+        ser = (1.0 - low) / (1.0 - high) if higher_is_better else high / low
+    return {"sd": means.std(axis=-1), "ser": ser, "gap": high - low}
 
 
 def permutation_null(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None,
-                     n_perm: int = 5000, seed: int = 0) -> dict:
+                     n_perm: int = 5000, seed: int = 0, higher_is_better: bool = True) -> dict:
     """Observed SD / SER / gap, their permutation p-values and the null's 95th percentiles.
 
     Returns {"sd", "ser", "gap", "sd_p", "ser_p", "gap_p", "sd_null95", "ser_null95",
@@ -82,11 +83,11 @@ def permutation_null(per_case: pd.DataFrame, group_col: str, *, metric: str = "m
     onehot = np.eye(len(groups))[codes]                   # (n, G)
     counts = onehot.sum(axis=0)
     group_means = values @ onehot / counts
-    out["worst"] = groups[int(np.argmin(group_means))]
-    observed = _figures(group_means)
+    out["worst"] = groups[int(np.argmin(group_means) if higher_is_better else np.argmax(group_means))]
+    observed = _figures(group_means, higher_is_better)
     rng = np.random.default_rng(seed)
     perm = np.argsort(rng.random((int(n_perm), len(values))), axis=1)   # B independent shuffles
-    null = _figures(values[perm] @ onehot / counts)                       # (B,) each
+    null = _figures(values[perm] @ onehot / counts, higher_is_better)                       # (B,) each
     for k in keys:
         out[k] = float(observed[k])
         finite = null[k][np.isfinite(null[k])]
@@ -194,9 +195,11 @@ def small_groups(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
 
 
 def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None, n_perm: int = 5000,
-                 seed: int = 0, covariates: Sequence[str] | None = DEFAULT_COVARIATES) -> dict:
+                 seed: int = 0, covariates: Sequence[str] | None = DEFAULT_COVARIATES,
+                 higher_is_better: bool = True) -> dict:
     """Everything SPEC §5 asks of an audit, flat: the summary CSV's columns and the printed line."""
-    null = permutation_null(per_case, group_col, metric=metric, order=order, n_perm=n_perm, seed=seed)
+    null = permutation_null(per_case, group_col, metric=metric, order=order, n_perm=n_perm, seed=seed,
+                            higher_is_better=higher_is_better)
     out = {k: v for k, v in null.items() if k != "groups"}
     out["spread"] = pooled_spread(per_case, group_col, metric=metric, order=order)
     out["mdg80"] = minimum_detectable_gap(per_case, group_col, metric=metric, order=order)
@@ -211,7 +214,8 @@ def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
     out["small_groups"] = small_groups(per_case, group_col, metric=metric, order=order)
     for part in CLASS_METRICS:   # the classes apart: a gap in one can hide in the mean of both
         if part != metric and part in per_case.columns:
-            null = permutation_null(per_case, group_col, metric=part, order=order, n_perm=n_perm, seed=seed)
+            null = permutation_null(per_case, group_col, metric=part, order=order, n_perm=n_perm, seed=seed,
+                                    higher_is_better=higher_is_better)
             out[f"{part}_gap"], out[f"{part}_gap_p"] = null["gap"], null["gap_p"]
             out[f"{part}_gap_null95"], out[f"{part}_worst"] = null["gap_null95"], null.get("worst")
             out[f"{part}_mdg80"] = minimum_detectable_gap(per_case, group_col, metric=part, order=order)
@@ -227,17 +231,19 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def significance_line(sig: dict) -> str:
-    """The worded line under a table: the gap against what noise alone gives and what is detectable."""
+def significance_line(sig: dict, metric=None) -> str:
+    """The worded line under a table: the gap against what noise alone gives and what is detectable
+    (in Dice points, or in the unit of `metric`, fairness/metrics.py)."""
     if not math.isfinite(sig.get("gap", math.nan)):
         return "(fewer than 2 groups with scored cases: no gap to test)"
-    pts = lambda v: f"{100 * v:.1f}" if math.isfinite(v) else "-"  # noqa: E731
-    line = (f"gap {pts(sig['gap'])} points; noise alone gives up to {pts(sig['gap_null95'])} with these groups "
-            f"(p = {_p(sig['gap_p'])}); detectable: {pts(sig['mdg80'])} points")
+    scale, unit = (100.0, "points") if metric is None or metric.unit == "%" else (metric.scale, metric.unit)
+    pts = lambda v: f"{scale * v:.1f}" if math.isfinite(v) else "-"  # noqa: E731
+    line = (f"gap {pts(sig['gap'])} {unit}; noise alone gives up to {pts(sig['gap_null95'])} with these groups "
+            f"(p = {_p(sig['gap_p'])}); detectable: {pts(sig['mdg80'])} {unit}")
     if math.isfinite(sig.get("gap_adjusted", math.nan)):
         names = ", ".join(COVARIATE_NAMES.get(c, c) for c in sig["adjusted_for"])
         line += (f"\nadjusted for {names}: gap {pts(sig['gap_adjusted'])} [{pts(sig['gap_adjusted_lo'])}, "
-                 f"{pts(sig['gap_adjusted_hi'])}] points")
+                 f"{pts(sig['gap_adjusted_hi'])}] {unit}")
     elif sig.get("adjusted_note") and sig.get("adjusted_for"):
         line += f"\n(no adjusted gap: {sig['adjusted_note']})"
     parts = [f"{part} gap {pts(sig[f'{part}_gap'])}, worst {sig[f'{part}_worst']} (p = {_p(sig[f'{part}_gap_p'])}; "

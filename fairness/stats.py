@@ -93,7 +93,7 @@ def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def sd_ser_of_rows(group_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sd_ser_of_rows(group_means: np.ndarray, *, higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """fairness_summary's SD (ddof=0) and SER for each row of a (resamples x groups) array.
 
     The vectorised twin of fairness.summary (2000 calls of it would take seconds, with warnings);
@@ -101,7 +101,7 @@ def sd_ser_of_rows(group_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     drew no scored case has no mean, and SD over fewer groups would be a different statistic.
     """
     sd = group_means.std(axis=1, ddof=0)
-    errors = 1.0 - group_means
+    errors = 1.0 - group_means if higher_is_better else group_means   # a distance is its own error
     high, low = errors.max(axis=1), errors.min(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ser = np.where(high == low, 1.0, np.where(low == 0.0, np.inf, high / low))
@@ -118,6 +118,7 @@ def bootstrap_audit(
     seed: int = 0,
     level: float = 0.95,
     keep_samples: bool = False,
+    higher_is_better: bool = True,
 ) -> dict:
     """Stratified percentile bootstrap of group mean Dice, "all" mean Dice, SD and SER.
 
@@ -188,10 +189,12 @@ def bootstrap_audit(
     mean_j = METRICS.index("mean")
     present = [g for g in groups if not np.isnan(means[g][:, mean_j]).all()]
     if len(present) >= 2 and all(sizes[g] >= 2 for g in present):
-        sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]))
+        sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]),
+                                 higher_is_better=higher_is_better)
         sd_ci, ser_ci = percentile_interval(sd, level), percentile_interval(ser, level)
     elif len(present) >= 2:   # SD/SER move with the small group's mean too: no interval either
-        sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]))
+        sd, ser = sd_ser_of_rows(np.column_stack([means[g][:, mean_j] for g in present]),
+                                 higher_is_better=higher_is_better)
         sd_ci = ser_ci = (math.nan, math.nan)
     else:
         sd = ser = np.full(n_boot, np.nan)

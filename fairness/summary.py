@@ -9,6 +9,10 @@
     n_groups  groups that entered the numbers (NaN groups are not counted)
     scale     "fraction" or "percent": the unit the inputs were read in
 
+Lower-is-better metrics (HD95, ASSD in mm; fairness/metrics.py): `higher_is_better=False` reads the
+values as distances >= 0 with no upper bound: worst = the highest, best = the lowest, gap = worst -
+best, SER = worst / best (a distance is already an error), ES-Dice NaN, scale "distance".
+
 Units: `scale="fraction"` reads values in [0, 1], `scale="percent"` in [0, 100]; `"auto"` (the
 default) reads percent if any value (groups or `overall`) is > 1, else fraction. So a set of
 percent values that are all <= 1 (a model that failed) needs `scale="percent"`, and "auto" raises
@@ -70,14 +74,14 @@ def _nan_result(scale: str) -> dict:
     }
 
 
-def _skewed_error_ratio(values: list[float], names: list, unit: float) -> float:
-    errors = [unit - v for v in values]  # the ratio is unit-free, so no need to convert
+def _skewed_error_ratio(errors: list[float], names: list) -> float:
+    """max / min of the groups' errors (1 - Dice, or a distance): unit-free."""
     high, low = max(errors), min(errors)
     if high == low:  # all groups alike, including all perfect: perfectly fair by definition
         return 1.0
     if low == 0.0:
         perfect = [str(n) for n, e in zip(names, errors) if e == 0.0]
-        warnings.warn(f"SER is inf: group(s) {perfect} have Dice 1 (error 0)", stacklevel=3)
+        warnings.warn(f"SER is inf: group(s) {perfect} have error 0 (a perfect score)", stacklevel=3)
         return math.inf
     return high / low
 
@@ -94,6 +98,7 @@ def fairness_summary(
     group_dice: Mapping[Hashable, float],
     overall: float | None = None,
     scale: str = "auto",
+    higher_is_better: bool = True,
 ) -> dict:
     """SD, SER, ES-Dice, worst/best group and gap of per-group mean Dice (module docstring).
 
@@ -111,6 +116,8 @@ def fairness_summary(
             warnings.warn("overall Dice is NaN: es_dice is NaN", stacklevel=2)
             overall = None
 
+    if not higher_is_better:
+        return _distance_summary(items)
     scale, unit = _resolve_unit([v for _, v in items], overall, scale)
     for g, v in items:
         _check_range(f"Dice of group {g!r}", v, unit, scale)
@@ -120,11 +127,7 @@ def fairness_summary(
     if not items:
         warnings.warn("no group has a Dice value: every fairness number is NaN", stacklevel=2)
         return _nan_result(scale)
-    if len(items) == 1:
-        warnings.warn(
-            f"only one group ({items[0][0]!r}): nothing to compare, so sd 0 and ser 1", stacklevel=2
-        )
-
+    _warn_single(items)
     names = [g for g, _ in items]
     values = [v for _, v in items]
     worst_i, best_i = int(np.argmin(values)), int(np.argmax(values))  # first one wins a tie
@@ -132,11 +135,38 @@ def fairness_summary(
         "n_groups": len(values),
         "scale": scale,
         "sd": float(np.std(values, ddof=0)),
-        "ser": _skewed_error_ratio(values, names, unit),
+        "ser": _skewed_error_ratio([unit - v for v in values], names),
         "es_dice": _equity_scaled_dice(values, overall, unit),
         "worst": values[worst_i],
         "worst_group": names[worst_i],
         "best": values[best_i],
         "best_group": names[best_i],
         "gap": values[best_i] - values[worst_i],
+    }
+
+
+def _warn_single(items: list) -> None:
+    if len(items) == 1:
+        warnings.warn(
+            f"only one group ({items[0][0]!r}): nothing to compare, so sd 0 and ser 1", stacklevel=3
+        )
+
+
+def _distance_summary(items: list) -> dict:
+    """The summary of group mean distances (lower is better; module docstring)."""
+    for g, v in items:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"distance of group {g!r} = {v} is not a finite distance >= 0")
+    if not items:
+        warnings.warn("no group has a value: every fairness number is NaN", stacklevel=3)
+        return _nan_result("distance")
+    _warn_single(items)
+    names = [g for g, _ in items]
+    values = [v for _, v in items]
+    worst_i, best_i = int(np.argmax(values)), int(np.argmin(values))
+    return {
+        "n_groups": len(values), "scale": "distance", "sd": float(np.std(values, ddof=0)),
+        "ser": _skewed_error_ratio(values, names), "es_dice": math.nan,
+        "worst": values[worst_i], "worst_group": names[worst_i],
+        "best": values[best_i], "best_group": names[best_i], "gap": values[worst_i] - values[best_i],
     }

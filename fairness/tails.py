@@ -70,10 +70,12 @@ def within_group_cvar(
     metric: str = "mean",
     alpha: float = 0.2,
     order: Sequence[Hashable] | None = None,
+    higher_is_better: bool = True,
 ) -> dict:
     """{group: CVaR_alpha of the group's per-case `metric`}, groups in `group_order`'s order.
 
-    A group without a valid case maps to NaN, with one warning naming such groups.
+    The tail is the worst one: the lowest values, or the highest with higher_is_better=False (a
+    distance). A group without a valid case maps to NaN, with one warning naming such groups.
     """
     _check_alpha(alpha)
     absent = [c for c in (group_col, metric) if c not in per_case.columns]
@@ -83,7 +85,8 @@ def within_group_cvar(
     values = per_case[metric].astype(float)
     result = {}
     for group in group_order(labels, order=order):
-        result[group] = _cvar_of(_finite_values(values[(labels == group).to_numpy()]), alpha)
+        finite = _finite_values(values[(labels == group).to_numpy()])
+        result[group] = _cvar_of(finite, alpha) if higher_is_better else -_cvar_of(-finite, alpha)
     empty = [str(g) for g, v in result.items() if math.isnan(v)]
     if empty:
         warnings.warn(f"group(s) {empty} have no valid {metric!r} value: their CVaR is NaN", stacklevel=2)
