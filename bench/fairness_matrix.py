@@ -4,6 +4,9 @@ trained at one budget on one procedural cohort, several seeds, audited by one at
     python bench/fairness_matrix.py                                  # the matrix budget, seed 0 (~60 min)
     python bench/fairness_matrix.py --seeds 0 1 2 --bias configs/bias/small_tumors_female.yaml
     python bench/fairness_matrix.py --methods baseline resm_sex --epochs 10 --cases 24 --test 10   # a quick look
+    # real anatomy: a cohort synthesised around the 210 real label maps, the study's plain 160/50 split
+    python bench/fairness_matrix.py --raw bench/out/real_anatomy/raw --stratify none --test 50 --epochs 16 \
+        --methods baseline attention_unet --seeds 0 1 2 --also age --out bench/out/real_anatomy
 
 The budget (the defaults): configs/demo.yaml's recipe (kidney field of view, nnU-Net 8 -> 64
 features, AdamW 3e-3 poly, batch Dice, bf16 where native) on 72 procedural cases, 40 test cases
@@ -119,10 +122,11 @@ def train_run(method: str, seed: int, args) -> Path:
 
 
 def common_overrides(args, seed: int) -> list[str]:
-    sets = [f"data.raw={args.out / 'raw'}", f"data.cache={args.out / 'cache'}",
-            f"data.synthesize_cases={args.cases}", f"data.test={args.test}", f"data.stratify={args.attribute}",
-            f"train.out_dir={args.out / 'runs'}", f"train.epochs={args.epochs}", f"train.seed={seed}",
-            f"eval.every={args.epochs}", "train.log_every=1000",
+    stratify = args.attribute if args.stratify is None else ("null" if args.stratify == "none" else args.stratify)
+    sets = [f"data.raw={args.raw or args.out / 'raw'}", f"data.cache={args.out / 'cache'}",
+            f"data.synthesize_cases={0 if args.raw else args.cases}", f"data.test={args.test}",
+            f"data.stratify={stratify}", f"train.out_dir={args.out / 'runs'}", f"train.epochs={args.epochs}",
+            f"train.seed={seed}", f"eval.every={args.epochs}", "train.log_every=1000",
             f"data.synthesize_bias={args.bias if args.bias is not None else 'null'}"]  # not the recipe's own
     return sets
 
@@ -138,11 +142,21 @@ def run_row(method: str, seed: int, run: Path, attribute: str) -> dict:
     row.update({"SD": 100 * s["sd"], "SER": s["ser"], "worst": 100 * s["worst"], "ES-Dice": 100 * s["es_dice"],
                 "worst CVaR20": 100 * min(audit.cvar.values()),
                 "gap": signed_gap(t, groups, "mean", sig["gap"]), "gap p": sig["gap_p"]})
+    # significance's adjusted gap is raw-best minus raw-worst group: signed like `gap` with two groups
+    sign = -1.0 if len(groups) == 2 and row["gap"] < 0 else 1.0
+    lo, hi = sorted((sign * adjusted(sig, "_lo"), sign * adjusted(sig, "_hi")))
+    row.update({"gap adj": sign * adjusted(sig, ""), "gap adj lo": lo, "gap adj hi": hi})
     for part in ("kidney", "tumor"):      # a planted bias may act on one class only
         row.update({f"{part} gap": signed_gap(t, groups, part, sig[f"{part}_gap"]),
                     f"{part} gap p": sig[f"{part}_gap_p"]})
     row["minutes"] = run_minutes(run)
     return row
+
+
+def adjusted(sig: dict, end: str) -> float:
+    """The gap adjusted for case mix (fairness/significance.py: log tumor and kidney volume, BMI) in
+    points: the raw best group minus the raw worst one."""
+    return 100 * sig[f"gap_adjusted{end}"]
 
 
 def signed_gap(table: pd.DataFrame, groups: list, column: str, unsigned: float) -> float:
@@ -257,6 +271,12 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: the demo's)")
     p.add_argument("--attribute", default="sex", choices=sorted(ATTRIBUTE_ORDER))
     p.add_argument("--bias", type=Path, help="a bias file planted in the cohort (default: none)")
+    p.add_argument("--raw", type=Path, help="train on this KiTS-layout cohort instead of a procedural one (e.g. "
+                   "synthesised around the real label maps: preprocess.py synthesize --from-labels)")
+    p.add_argument("--stratify", help="split stratified by this attribute (default: --attribute); none: a plain "
+                   "seeded split, the study's")
+    p.add_argument("--also", nargs="+", default=[], choices=sorted(ATTRIBUTE_ORDER),
+                   help="audit the same runs by these attributes too (summary_<attr>.md each)")
     p.add_argument("--cases", type=int, default=72, help="procedural cohort size (72)")
     p.add_argument("--test", type=int, default=40, help="test cases, stratified by the attribute (40)")
     p.add_argument("--epochs", type=int, default=80, help="epochs of ceil(train cases / batch) steps (80)")
@@ -269,6 +289,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.bias is not None:
         args.bias = args.bias.resolve()
+    if args.raw is not None:
+        args.raw = args.raw.resolve()
     rows, frames = [], {}
     for seed in args.seeds:
         for method in args.methods:
@@ -295,8 +317,9 @@ def main(argv=None) -> int:
     bias = args.bias.name if args.bias is not None else "none"
     order = ATTRIBUTE_ORDER.get(args.attribute)
     gap = f"{order[0]} - {order[1]}" if order else "best - worst group"
-    header = (f"procedural cohort: {args.cases} cases, bias {bias}, {args.test} test cases stratified by "
-              f"{args.attribute}, {args.epochs} epochs per run, seeds {' '.join(map(str, args.seeds))}; "
+    cohort = f"cohort {args.raw}" if args.raw else f"procedural cohort: {args.cases} cases"
+    split = "a plain seeded split" if args.stratify == "none" else f"stratified by {args.stratify or args.attribute}"
+    header = (f"{cohort}, bias {bias}, {args.test} test cases, {split}, {args.epochs} epochs per run, seeds {' '.join(map(str, args.seeds))}; "
               f"Dice in %, SD in Dice %, gap = {gap}")
     summary = summarise(runs)
     write_table(summary, args.out / "summary", header)
@@ -310,6 +333,15 @@ def main(argv=None) -> int:
                         f"{part} Dice, paired against the baseline over the same test cases (2000 bootstrap "
                         f"resamples within groups, Δ of the means over seeds), Holm over {len(deltas)} methods")
             print(f"\n{part} Dice against the baseline:\n{paired_display(deltas).to_string()}")
+    for attribute in args.also:
+        extra = pd.DataFrame([run_row(r["method"], r["seed"], args.out / "runs" / r["method"] / f"seed{r['seed']}",
+                                      attribute) for r in rows])
+        extra.to_csv(args.out / f"runs_{attribute}.csv", index=False)
+        order = ATTRIBUTE_ORDER.get(attribute)
+        gap = f"{order[0]} - {order[1]}" if order else "best - worst group"
+        write_table(summarise(extra), args.out / f"summary_{attribute}",
+                    header.rsplit("gap = ", 1)[0] + f"gap = {gap} (audited by {attribute})")
+        print(f"\nby {attribute}:\n{summarise(extra).to_string()}")
     print(f"\ntables -> {args.out / 'summary.md'}, {args.out / 'runs.csv'}, {args.out / 'compare'}")
     return 0
 
