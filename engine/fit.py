@@ -25,6 +25,7 @@ from data.cache import with_covariates
 from data.errors import CaseError, format_failures
 from data.patches import PatchDataset
 from engine.builders import build_loss, build_optimizer, build_schedule
+from engine.interrupts import shield_worker
 from engine.logging import log_audits, log_slices, log_step
 from engine.runtime import autocast, barrier, cpu_clone, rng_state, set_rng_state, unwrap
 from engine.scoring import CaseScorer, WindowOptions
@@ -111,7 +112,7 @@ class Trainer:
         self.sampler = samplers[0] if samplers else uniform_sampler(n_cases=len(d.train_ids), **common)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=tc["workers"],
                                                   pin_memory=env.device.type == "cuda",
-                                                  persistent_workers=tc["workers"] > 0)
+                                                  persistent_workers=tc["workers"] > 0, worker_init_fn=shield_worker)
 
     def resume(self, ckpt: dict) -> None:
         """Continue exactly where a checkpoint stopped: weights, mitigation states, optimiser, RNGs."""

@@ -17,9 +17,16 @@ Usage (an entry point's __main__ block):
 
 and in the work:
     on_interrupt(lambda exc: f"{n} cases done are kept; the same command continues")
+
+Helper processes (DataLoader workers: `worker_init_fn=shield_worker`) ignore both signals: Ctrl-C in
+a terminal and SLURM's scancel signal the whole process group, and a worker killed by them would
+make PyTorch raise in the main process in the middle of its saving. The main process answers
+for all; once it has said what is kept, `report` ends the helpers (they ignore SIGTERM, the signal
+multiprocessing would end them with at exit).
 """
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import sys
 import traceback
@@ -51,6 +58,12 @@ def install() -> None:
         signal.signal(sig, _raise)
 
 
+def shield_worker(_worker_id: int | None = None) -> None:
+    """In a helper process: leave SIGINT and SIGTERM to the main process (module docstring)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def on_interrupt(handler: Callable[[Interrupted], str] | None) -> None:
     """What the work in progress says (and does, e.g. save a checkpoint) when interrupted."""
     global _handler
@@ -70,4 +83,9 @@ def report(exc: BaseException, *, debug: bool = False) -> int:
     except Exception as err:  # noqa: BLE001 - the line must come out whatever the handler hit
         said = f"(could not say what is kept: {err})"
     print(f"interrupted ({exc.name})" + (f" {said}" if said else ""), file=sys.stderr, flush=True)
+    if hasattr(signal, "SIGCHLD"):       # PyTorch's loader would call a killed worker an error
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():   # shielded helpers: nothing of theirs is kept
+        child.kill()
+        child.join(timeout=5)
     return exc.code

@@ -245,6 +245,24 @@ def test_ctrl_c_and_sigterm_in_training_say_what_is_kept_and_sigterm_saves_the_e
     assert_same_weights(final_weights(cohort / "runs" / "straight8"), final_weights(run))
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves_the_epoch(cohort):
+    """scancel and a terminal's Ctrl-C signal every process of the job, DataLoader workers too: the
+    workers leave it to the main process, which saves the boundary and says so in one line."""
+    sets = ["train.checkpoint_every=3", "train.log_every=1", "train.workers=1"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(cohort, "sigterm_group", epochs=8, extra=sets)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 5/8"):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    run = cohort / "runs" / "sigterm_group"
+    assert proc.returncode == 143 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"wrote {run / 'last.pt'}, the state at the end of epoch 4" in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 4
+
+
 def test_ctrl_c_in_preprocessing_with_workers_is_one_line_and_the_rerun_finishes(tmp_path):
     raw = write_tiny_cohort(tmp_path / "raw", n_cases=12, shape=(32, 120, 120), spacing=(4.0, 0.8, 0.8))
     cache = tmp_path / "cache"
