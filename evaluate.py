@@ -51,6 +51,7 @@ import pandas as pd
 
 from data.atomic import write_csv, write_figure, write_text
 from data.errors import CaseError, format_failures
+from data.progress import track
 from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
 from fairness.metrics import METRICS as METRIC_NAMES
@@ -77,7 +78,6 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     """Per-case Dice (and the asked surface metrics) and group columns for every reference case that
     has a prediction."""
     import numpy as np
-    from tqdm import tqdm
 
     from data.groups import GroupError, parse_attribute
     from data.kits import load_case, scan_cohort
@@ -91,7 +91,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     attributes = [parse_attribute(s, age_edges=age_edges, bmi_edges=bmi_edges) for s in group_specs]
     cohort = scan_cohort(gt_dir, metadata_path=metadata_path, cases=cases)
     rows, failures = [], list(cohort.failures)
-    for record in tqdm(cohort.records, desc="evaluate", unit="case", disable=not progress):
+    for record in track(cohort.records, desc="evaluate", enabled=progress):
         try:
             pred_file = prediction_path(pred_dir, record.case_id)
             ref = load_case(record, scheme, with_image=False)
@@ -313,8 +313,6 @@ def original_records(raw, metadata, case_ids) -> dict:
 
 def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
-    from tqdm import tqdm
-
     from data.cache import groups_from_table, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
@@ -337,8 +335,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
     rows, failures = [], []
-    bar = tqdm(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", unit="case",
-               disable=args.no_progress)
+    bar = track(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", enabled=not args.no_progress)
     for case_id in bar:
         try:
             row = scorer.score(case_id, record=records.get(case_id), scheme=scheme, pred_dir=out_dir / "predictions")

@@ -187,13 +187,15 @@ def settings_from_args(args):
 def cmd_run(args) -> int:
     from data.preprocessing import run_preprocessing, summary_line
     from data.splits import make_split, save_split
+    from data.lock import FolderLock
     settings = settings_from_args(args)
-    result = run_preprocessing(args.raw, args.out, settings, workers=args.workers, metadata_path=args.metadata,
-                               cases=args.cases, overwrite=args.overwrite, progress=not args.no_progress)
-    split_path = args.out / "splits.json"
-    if result.rows and not split_path.exists():
-        save_split(split_path, make_split([r["case_id"] for r in result.rows], seed=args.split_seed))
-        print(f"wrote {split_path} (seed {args.split_seed}); `preprocess.py split` makes others")
+    with FolderLock(args.out):   # not while train.py (a SLURM task) prepares the same cache
+        result = run_preprocessing(args.raw, args.out, settings, workers=args.workers, metadata_path=args.metadata,
+                                   cases=args.cases, overwrite=args.overwrite, progress=not args.no_progress)
+        split_path = args.out / "splits.json"
+        if result.rows and not split_path.exists():
+            save_split(split_path, make_split([r["case_id"] for r in result.rows], seed=args.split_seed))
+            print(f"wrote {split_path} (seed {args.split_seed}); `preprocess.py split` makes others")
     print(summary_line(result, args.out))
     if result.failures:
         print(format_failures(result.failures), file=sys.stderr)
@@ -227,8 +229,10 @@ def cmd_verify(args) -> int:
     report = verify_cache(args.cache)
     print(format_report(report))
     if args.repair and not report.ok:
+        from data.lock import FolderLock
         print(f"repairing: preprocessing {len(report.damaged_cases)} case(s) again", flush=True)
-        report = repair_cache(args.cache, raw=args.raw, workers=args.workers, progress=not args.no_progress)
+        with FolderLock(args.cache):
+            report = repair_cache(args.cache, raw=args.raw, workers=args.workers, progress=not args.no_progress)
         print(format_report(report))
     return 0 if report.ok else 1
 

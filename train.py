@@ -5,6 +5,10 @@
     python train.py --resume runs/baseline_nnunet-20261122-101500    # continue from last.pt
     python train.py --config configs/resm_sex.yaml --seeds 0 1 2     # one run per seed, resumable
     torchrun --nproc_per_node=2 train.py --config configs/baseline_nnunet.yaml   # DDP
+    # the same batch on a SLURM cluster: a preprocessing job and an array of one task per run
+    python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --slurm --slurm-opt partition=gpu time=48:00:00
+    python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --task 1   # run 1 of it (seed 1) alone
+    python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --prepare-only   # its data, nothing else
 
 Reads top to bottom as phases: resolve the run -> data -> model and mitigations -> fit -> test
 tables. The machinery lives in engine/ (runtime, data, trainer, scoring, run folders), the
@@ -30,9 +34,10 @@ from engine.fit import Env, Trainer, TrainingStopped
 from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
 from engine.logging import log_audits
-from engine.rundata import load_run_data
-from engine.runs import (create_run_dir, is_finished, new_run_dir, plan_batch, planted_bias_line,
-                         training_interrupted, write_test_tables)
+from engine.rundata import load_run_data, prepare_datasets
+from engine.runs import (batch_folder, create_run_dir, is_finished, new_run_dir, pick_task, plan_batch,
+                         planted_bias_line, training_interrupted, write_test_tables)
+from engine.slurm import submit, train_command, write_scripts
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
 from models.checkpoint import load_checkpoint
 
@@ -48,14 +53,48 @@ def parse_args(argv=None):
                    help="train once per seed (the study averages 0 1 2): runs NAME/seedS, resumable")
     p.add_argument("--sweep", type=Path, metavar="FILE",
                    help="a sweep file (configs/sweeps/): one run per entry, each its config plus overrides")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--task", type=int, metavar="I",
+                   help="with --seeds / --sweep: train only run I of the batch (0-based, the order --slurm "
+                        "lists), exactly as the batch would; a SLURM array task runs --task $SLURM_ARRAY_TASK_ID")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="prepare the data of the run or batch (synthesis, preprocessing, split) and stop")
+    p.add_argument("--slurm", action="store_true",
+                   help="with --seeds / --sweep: write SLURM scripts into BATCH/slurm/ (a preprocessing job, "
+                        "an array of one task per run, submit.sh) and print how to submit them")
+    p.add_argument("--slurm-opt", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="with --slurm: an sbatch option (partition=gpu gpus=1 time=48:00:00 mem=64G cpus=8 "
+                        "account=X; prep.KEY=VALUE for the preprocessing job; see engine/slurm.py)")
+    p.add_argument("--submit", action="store_true", help="with --slurm: submit the scripts with sbatch")
+    p.add_argument("--no-progress", action="store_true", help="no progress display (logs only)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
 
+def check_modes(args) -> None:
+    """The flags that only make sense together."""
+    batch = bool(args.seeds or args.sweep)
+    for flag, given in (("--task", args.task is not None), ("--slurm", args.slurm)):
+        if given and not batch:
+            raise ConfigError(f"{flag} goes with a batch: add --seeds S... (e.g. --seeds 0) or --sweep FILE")
+    for flag, given in (("--slurm-opt", bool(args.slurm_opt)), ("--submit", args.submit)):
+        if given and not args.slurm:
+            raise ConfigError(f"{flag} goes with --slurm")
+    if args.slurm and (args.task is not None or args.prepare_only or args.resume is not None):
+        raise ConfigError("--slurm writes the scripts that run --prepare-only and --task; drop --task / "
+                          "--prepare-only / --resume")
+    if args.prepare_only and (args.resume is not None or args.task is not None):
+        raise ConfigError("--prepare-only prepares the data of a --config / --seeds / --sweep command; "
+                          "drop --resume / --task")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_modes(args)
     try:
+        if args.slurm:
+            return write_slurm(args)
+        if args.prepare_only:
+            return prepare_only(args)
         if args.seeds or args.sweep:
             return run_many(args)
         return train_run(args)
@@ -73,12 +112,15 @@ def run_many(args) -> int:
     if args.resume is not None:
         raise ConfigError("--resume continues one run; re-issue the --seeds / --sweep command to continue a batch")
     config_path, batch, plan = plan_batch(args.config, args.sweep, args.seeds, args.set, args.name)
+    what = f"{len(plan)} runs in {batch}"
+    if args.task is not None:   # one run of the batch (a SLURM array task), otherwise exactly as below
+        plan, what = [pick_task(plan, args.task)], f"task {args.task} of {len(plan)} in {batch}"
     rank, _, distributed = setup_distributed()
     done = [run.name for run in plan if is_finished(run.run_dir)]
     todo = [run for run in plan if not is_finished(run.run_dir)]
     barrier(distributed)  # every rank has seen the folders before rank 0 makes new ones
     if rank == 0:
-        print(f"{len(plan)} runs in {batch}: {len(done)} finished, {len(todo)} to train"
+        print(f"{what}: {len(done)} finished, {len(todo)} to train"
               + (f" (kept: {', '.join(done)})" if done else ""), flush=True)
     for i, run in enumerate(todo, 1):
         one = argparse.Namespace(**{**vars(args), "config": config_path, "set": run.sets, "name": run.name,
@@ -90,6 +132,38 @@ def run_many(args) -> int:
         if rank == 0:
             print(f"\n=== run {i}/{len(todo)}: {run.name}{' (resuming)' if one.resume else ''}", flush=True)
         train_run(one)
+    return 0
+
+
+def prepare_only(args) -> int:
+    """--prepare-only: the data every run of the command needs, prepared once (the SLURM
+    preprocessing job); the runs then find it ready."""
+    if args.seeds or args.sweep:
+        cfgs = [run.cfg for run in plan_batch(args.config, args.sweep, args.seeds, args.set, args.name)[2]]
+    elif args.config is None:
+        raise ConfigError("give --config FILE (or --seeds / --sweep) with --prepare-only")
+    else:
+        cfgs = [load_config(args.config, args.set)]
+        check_choices(cfgs[0])
+    prepare_datasets(cfgs, progress=not args.no_progress, log=print)
+    return 0
+
+
+def write_slurm(args) -> int:
+    """--slurm: the batch's SLURM scripts (preprocessing job, training array, submit.sh); --submit
+    submits them."""
+    _, batch, plan = plan_batch(args.config, args.sweep, args.seeds, args.set, args.name)
+    flags = [flag for flag, on in (("--no-progress", args.no_progress), ("--debug", args.debug)) if on]
+    command = train_command(python=sys.executable, entry=Path(__file__), config=args.config, sweep=args.sweep,
+                            seeds=args.seeds, name=args.name, sets=args.set, flags=flags)
+    scripts = write_scripts(folder=batch_folder(plan, batch) / "slurm", batch=batch, runs=[r.name for r in plan],
+                            command=command, workdir=Path.cwd(), options=args.slurm_opt, cfgs=[r.cfg for r in plan],
+                            sweep=args.sweep is not None)
+    print(scripts.describe())
+    if args.submit:
+        prep, array = submit(scripts)
+        print(f"submitted: preprocessing job {prep}; training array {array} (tasks {scripts.array_range}), "
+              f"after job {prep} succeeds; logs in {scripts.logs}")
     return 0
 
 

@@ -6,6 +6,8 @@ Modules (each one job):
     labels         label schemes (KiTS19 {0,1,2}; mapping KiTS21/23's cyst label)
     kits           scan a KiTS-layout folder, read metadata and cases
     atomic         the one way a result file is written (temporary name, rename)
+    lock           one process at a time prepares a cache (CACHE/.prepare.lock, stale locks taken over)
+    progress       progress displays: a tqdm bar on a terminal, plain lines in a log file
     groups         grouping attributes (sex, age bins, BMI bins, intersections)
     group_index    a run's group index: attribute, ordered groups, case -> position (in checkpoints)
     splits         seeded, optionally stratified train/val/test splits (splits.json)

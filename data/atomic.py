@@ -65,14 +65,14 @@ def remove_stale_temporaries(folder, pattern: str = ".*.tmp*") -> int:
     removed = 0
     for tmp in Path(folder).glob(pattern):
         digits = re.match(r"\d+", tmp.name.split(".tmp", 1)[1])
-        if digits and _process_alive(int(digits.group())):
+        if digits and process_alive(int(digits.group())):
             continue  # another live process is writing it
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own leftovers (a write that was interrupted) are stale too
     try:

@@ -12,17 +12,23 @@ A synthesised raw folder records its bias spec (RAW/synthesis.json); an existing
 another spec than the config's is refused rather than reused, and so is a cache made from
 another synthesis (the cache keeps a copy of RAW/synthesis.json).
 
+All three steps run under the cache's lock, CACHE/.prepare.lock (data/lock.py): many processes
+starting on one cache together (the tasks of a SLURM array, `train.py --task`) prepare it once;
+the others wait for it, and a lock left by a killed process is taken over.
+
 Usage:
     cache_dir, split = prepare_data(cfg["data"])
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from data.atomic import atomic_write
 from data.bias import load_bias
 from data.errors import CaseError, format_failures
+from data.lock import FolderLock
 from data.preprocessing import PreprocessSettings, run_preprocessing, summary_line
 from data.cache import groups_from_table, load_case_table
 from data.splits import load_split, make_split, save_split
@@ -96,6 +102,18 @@ def _record_cache_source(raw: Path, cache: Path) -> None:
 
 
 def prepare_data(data_cfg: dict, *, progress: bool = True, log=print) -> tuple[Path, dict]:
+    """Steps 1-3 under the cache's lock (data/lock.py): of many processes starting together on one
+    cache (the tasks of a SLURM array), one prepares and the others wait, then find it done."""
+    cache = Path(data_cfg["cache"])
+    if not data_cfg["raw"] and not (cache / "cases.csv").is_file():
+        raise CaseError(str(cache), "no preprocessed cache here and data.raw is not set")
+    if not data_cfg["raw"] and not os.access(cache, os.W_OK):
+        return _prepare(data_cfg, progress=progress, log=log)   # a read-only cache: nothing to prepare
+    with FolderLock(cache, log=log):
+        return _prepare(data_cfg, progress=progress, log=log)
+
+
+def _prepare(data_cfg: dict, *, progress: bool, log) -> tuple[Path, dict]:
     cache = Path(data_cfg["cache"])
     raw = Path(data_cfg["raw"]) if data_cfg["raw"] else None
     settings = PreprocessSettings.from_dict(data_cfg["preprocess"])
@@ -110,8 +128,6 @@ def prepare_data(data_cfg: dict, *, progress: bool = True, log=print) -> tuple[P
             log(summary_line(result, cache))
         if result.failures:
             log(format_failures(result.failures))
-    elif not (cache / "cases.csv").is_file():
-        raise CaseError(str(cache), "no preprocessed cache here and data.raw is not set")
     table = load_case_table(cache)
     split_path = cache / SPLIT_FILE
     if not split_path.is_file():

@@ -45,6 +45,7 @@ from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
 from data.labels import LabelScheme
+from data.progress import track
 from data.resample import resample_image, resample_labels, resampled_shape, separate_axis
 
 FORMAT_VERSION = 1
@@ -288,7 +289,7 @@ def run_preprocessing(raw_dir, out_dir, settings: PreprocessSettings, *, workers
             result.skipped += 1
         else:
             todo.append(record)
-    bar = _progress(len(todo), progress)
+    bar = track(total=len(todo), desc="preprocess", enabled=progress and len(todo) > 0)
     jobs = [(r, settings, out_dir) for r in todo]
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
@@ -329,13 +330,8 @@ def _collect(outcomes, result: PreprocessResult, bar) -> None:
             result.done += 1
         else:
             result.failures.append(error)
-        bar.update(1)
         bar.set_postfix_str(case_id)
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc="preprocess", unit="case", disable=not enabled or total == 0)
+        bar.update(1)
 
 
 def summary_line(result: PreprocessResult, out_dir) -> str:

@@ -75,6 +75,7 @@ from data.bias import NO_EFFECT, BiasSpec, CaseEffect
 from data.errors import CaseError
 from data.labels import LabelScheme
 from data.nifti import kits_affine, read_volume, write_volume
+from data.progress import track
 from data.synthetic_anatomy import LEFT, random_field, render_ct
 
 __all__ = ["synthesize_ct", "write_cohort_from_labels", "write_procedural_cohort",
@@ -129,16 +130,6 @@ def _merge_metadata(out_dir: Path, entries: list[dict]) -> None:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a convenience, not a requirement
-        return items
-    return tqdm(items, desc=desc, unit="case")
 
 
 def _complete(case_dir: Path) -> bool:
@@ -376,7 +367,7 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
         old = {k: v for k, v in _load_metadata(out_dir / "kits.json").items() if "synthetic_bias" in v}
     done: list[str] = []
     entries, twin_entries = [], []
-    for case_id in _progress(case_ids, progress, "synthetic CT"):
+    for case_id in track(case_ids, desc="synthetic CT", enabled=progress):
         case_out = out_dir / case_id
         effect = effects.get(case_id, NO_EFFECT)
         try:
@@ -761,7 +752,7 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
         if twins and any(e.acts for e in effects.values()):
             _claim(twins_dir(out_dir), dict(record, twins_of=out_dir.name))
     ids, entries, twin_entries = [], [], []
-    for case in _progress(plans, progress, "procedural CT"):
+    for case in track(plans, desc="procedural CT", enabled=progress):
         effect = effects[case.case_id]
         box = _fov_box_mm(case, effect, fov)
         meta, measured = _procedural_case(case, effect, out_dir, seed, fov, box)

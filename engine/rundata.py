@@ -5,9 +5,11 @@ Usage:
     data.train_ids, data.val_ids, data.test_ids
     data.index.position("case_00007")        # the run's group index (fairness.attribute)
     data.groups_by_attr["age"]["case_00007"]  # the reported attributes (data.groups)
+    prepare_datasets([run.cfg for run in plan], progress=True, log=print)   # train.py --prepare-only
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,17 @@ def load_run_data(cfg: dict, *, progress: bool, log, is_main: bool = True, distr
         val_ids = val_ids[:cfg["eval"]["max_cases"]]
     return RunData(cache=cache, split=split, table=table, settings=settings, groups_by_attr=groups_by_attr,
                    orders=orders, index=index, train_ids=split["train"], val_ids=val_ids, test_ids=split["test"])
+
+
+def prepare_datasets(cfgs: list[dict], *, progress: bool, log) -> None:
+    """Prepare the data of every distinct data section among `cfgs` (a batch's runs), each once:
+    what the runs would do first, done ahead (the SLURM preprocessing job)."""
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps(cfg["data"], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        cache, split = prepare_data(cfg["data"], progress=progress, log=log)
+        log(f"data ready in {cache}: {len(split['train'])} train, {len(split['val'])} validation, "
+            f"{len(split['test'])} test cases")

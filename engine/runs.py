@@ -9,6 +9,10 @@ Usage:
     write_test_tables(run_dir / "eval", per_case, audits, log=print)
     is_finished(run_dir)
     plan = plan_batch(args.config, args.sweep, args.seeds, args.set, args.name)
+    run = pick_task(plan, 3)          # --task 3: the batch's fourth run (a SLURM array task)
+
+The plan's order is the order runs are trained in and the task numbers of `--task` and of the
+SLURM array (engine/slurm.py): each sweep entry in the file's order, each seed in --seeds order.
 """
 from __future__ import annotations
 
@@ -132,3 +136,16 @@ def plan_batch(config, sweep, seeds, sets, name) -> tuple[Path, str, list[Planne
         if saved.is_file() and load_config(saved=yaml_load(saved)) != run.cfg:
             raise ConfigError(f"{run.run_dir} holds a run with another config; choose another --name")
     return config_path, batch, plan
+
+
+def batch_folder(plan: list[PlannedRun], batch: str) -> Path:
+    """train.out_dir/NAME, the folder the batch's runs fill (its first run's train.out_dir)."""
+    return Path(plan[0].cfg["train"]["out_dir"]) / batch
+
+
+def pick_task(plan: list[PlannedRun], task: int) -> PlannedRun:
+    """Run number `task` of the batch (0-based); out of range is a one-line error."""
+    if not 0 <= task < len(plan):
+        raise ConfigError(f"--task {task} is out of range: this batch has {len(plan)} run(s), tasks "
+                          f"0-{len(plan) - 1}")
+    return plan[task]
