@@ -32,7 +32,7 @@ from data.lock import FolderLock
 from data.preprocessing import PreprocessSettings, run_preprocessing, summary_line
 from data.cache import groups_from_table, load_case_table
 from data.splits import load_split, make_split, save_split
-from data.synthetic import SYNTHESIS_FILE, read_synthesis, twins_dir, write_procedural_cohort
+from data.synthetic import PENDING_FILE, SYNTHESIS_FILE, read_synthesis, twins_dir, write_procedural_cohort
 
 SPLIT_FILE = "splits.json"
 
@@ -47,9 +47,11 @@ def synthesise_if_missing(data_cfg: dict, *, progress: bool = True, log=print) -
     raw = Path(data_cfg["raw"])
     bias_path = data_cfg.get("synthesize_bias")
     spec = load_bias(bias_path) if bias_path else None
-    if not raw.exists():
+    unfinished = (raw / PENDING_FILE).is_file()     # a synthesis cut short: done again, whole
+    if not raw.exists() or unfinished:
         twins = bool(data_cfg.get("synthesize_twins")) and spec is not None
-        log(f"synthesising {data_cfg['synthesize_cases']} procedural cases into {raw}"
+        log(("finishing an interrupted synthesis: " if unfinished else "synthesising ")
+            + f"{data_cfg['synthesize_cases']} procedural cases into {raw}"
             + (f" with the bias of {bias_path}" if spec is not None else "")
             + (f" (twins in {twins_dir(raw)})" if twins else ""))
         shape = tuple(data_cfg["synthesize_shape"]) if data_cfg["synthesize_shape"] else None

@@ -141,6 +141,9 @@ def _complete(case_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 SYNTHESIS_FILE = "synthesis.json"
 TWINS_SUFFIX = "_twins"
+# in a procedural cohort's folder from its first file until kits.json is written: a folder holding
+# it is a synthesis cut short (killed, timed out), which data/prepare.py runs again
+PENDING_FILE = ".synthesis_pending"
 
 
 def twins_dir(out_dir) -> Path:
@@ -744,6 +747,8 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
         _refuse_biased(out_dir)
     plans = _procedural_plans(n_cases, seed, shape, bias)
     effects, _ = _effects(bias, {p.case_id: p.metadata for p in plans}, seed)
+    if not (out_dir / "kits.json").is_file():
+        _write_json_atomic(out_dir / PENDING_FILE, {"n_cases": n_cases, "seed": seed})
     if bias is not None:
         record = _synthesis_record(bias, "procedural", seed, n_cases=n_cases,
                                    shape=list(shape) if shape is not None else None,
@@ -766,6 +771,7 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
     _merge_metadata(out_dir, entries)
     if twin_entries:
         _merge_metadata(twins_dir(out_dir), twin_entries)
+    (out_dir / PENDING_FILE).unlink(missing_ok=True)
     return ids
 
 

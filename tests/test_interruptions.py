@@ -290,3 +290,38 @@ def test_the_interrupt_line_and_code(capsys):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert capsys.readouterr().err.splitlines() == ["interrupted (SIGTERM) kept after SIGTERM",
                                                    "interrupted (Ctrl-C) kept after Ctrl-C"]
+
+
+def test_a_synthesis_cut_short_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    """A procedural synthesis killed part-way (a preprocessing job's time limit) leaves case folders
+    and no kits.json; the next prepare_data finishes it instead of failing on the missing metadata."""
+    import data.synthetic as synthetic
+    from data.prepare import synthesise_if_missing
+
+    cfg = {"raw": str(tmp_path / "raw"), "synthesize_cases": 3, "synthesize_seed": 0, "synthesize_shape": [16, 48, 48],
+           "synthesize_fov": "abdomen", "synthesize_bias": None, "synthesize_twins": False}
+    real = synthetic._procedural_case
+    calls = []
+
+    def killed_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_procedural_case", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        synthesise_if_missing(cfg, progress=False, log=lambda _: None)
+    raw = tmp_path / "raw"
+    assert (raw / synthetic.PENDING_FILE).is_file() and not (raw / "kits.json").exists()
+    monkeypatch.setattr(synthetic, "_procedural_case", real)
+    said = []
+    synthesise_if_missing(cfg, progress=False, log=said.append)
+    assert said[0].startswith("finishing an interrupted synthesis: 3 procedural cases")
+    assert (raw / "kits.json").is_file() and not (raw / synthetic.PENDING_FILE).exists()
+    fresh = tmp_path / "fresh"
+    synthesise_if_missing({**cfg, "raw": str(fresh)}, progress=False, log=lambda _: None)
+    for case in ("case_00000", "case_00002"):
+        for name in ("imaging.nii.gz", "segmentation.nii.gz"):
+            assert (raw / case / name).read_bytes() == (fresh / case / name).read_bytes()
+    assert (raw / "kits.json").read_text() == (fresh / "kits.json").read_text()
