@@ -25,7 +25,7 @@ from data.cache import load_preprocessed
 from data.errors import CaseError
 from data.nifti import read_volume
 from data.writeback import to_original_geometry, write_prediction
-from fairness import kits_case_dice
+from fairness import kits_case_scores
 from mitigations.dmoe import WithGroup
 from models.inference import predict_case
 
@@ -62,13 +62,14 @@ class CaseScorer:
                             mirror=o.mirror, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
 
     def score(self, case_id: str, *, record=None, scheme=None, pred_dir: Path | None = None, picture=None) -> dict:
-        """{"case_id", "kidney", "tumor", "mean", "geometry"}; `picture` (a list) gets the arrays."""
+        """{"case_id", "kidney", "tumor", "mean", the voxel counts (fairness.case_dice.COUNTS), "geometry"}
+        and, in the original geometry, "reference_file" and "prediction_file"; `picture` (a list) gets the arrays."""
         image, cached_seg, props = load_preprocessed(self.cache, case_id)  # memory-mapped: read only if used
         if record is None:
             pred = self.predict(case_id, image).argmax(0).to(torch.uint8).numpy()
             if picture is not None:
                 picture.append((case_id, np.asarray(image), np.asarray(cached_seg), pred))
-            return {"case_id": case_id, **kits_case_dice(pred=pred, ref=np.asarray(cached_seg)),
+            return {"case_id": case_id, **kits_case_scores(pred=pred, ref=np.asarray(cached_seg)),
                     "geometry": "preprocessed"}
         ref = read_volume(record.label_path, where=case_id)
         ref_labels = scheme.apply(ref.array, where=case_id)
@@ -83,7 +84,8 @@ class CaseScorer:
             labels = to_original_geometry(self.predict(case_id, image), props,
                                           anisotropy_threshold=self.anisotropy_threshold)
             write_prediction(pred_file, labels, props, reference=ref)
-        return {"case_id": case_id, **kits_case_dice(pred=labels, ref=ref_labels), "geometry": "original"}
+        return {"case_id": case_id, **kits_case_scores(pred=labels, ref=ref_labels), "geometry": "original",
+                "reference_file": str(record.label_path.resolve()), "prediction_file": str(pred_file.resolve())}
 
     def score_many(self, case_ids, *, keep: int = 0):
         """Rows of every case in the preprocessed geometry, and pictures of the first `keep`. A case
