@@ -24,7 +24,8 @@ evaluation continues where it stopped (predictions already written are scored, n
 Outputs, per attribute: groups_<attr>.csv, summary_<attr>.csv, report_<attr>.md / .tex,
 box_<attr>.png, and TensorBoard scalars and figures in the same folder; per_case.csv (Dice, the
 voxel counts behind it, class volumes, groups) and the same per-case scores as nnU-Net's
-summary.json (regions "(1, 2)" kidney and "2" tumor, data/nnunet.py); results are never
+summary.json, which also names the files scored (regions "(1, 2)" kidney and "2" tumor,
+data/nnunet.py); results are never
 overwritten without --overwrite.
 
 --nnunet-summary reads nnU-Net v2's summary.json and audits its per-case scores as they are (no
@@ -130,7 +131,7 @@ def summary_cases(args):
     """The per-case table of an nnU-Net summary.json (Dice as nnU-Net computed it) joined to the metadata."""
     from data.groups import GroupError, parse_attribute
     from data.kits import METADATA_NAME, load_metadata, validate_meta
-    from data.nnunet import read_summary
+    from data.nnunet import FILE_COLUMNS, read_summary
     from data.preprocessing import volumes_ml
 
     meta_path = args.meta or (args.gt / METADATA_NAME if args.gt is not None else None)
@@ -153,7 +154,7 @@ def summary_cases(args):
             volumes = {"kidney_ml": float("nan"), "tumor_ml": float("nan")} if spacing is None else volumes_ml(
                 kidney_voxels=row["kidney_tp"] + row["kidney_fn"], tumor_voxels=row["tumor_tp"] + row["tumor_fn"],
                 spacing=spacing)
-            files = {k: row.pop(k) for k in ("reference_file", "prediction_file")}
+            files = {k: row.pop(k) for k in FILE_COLUMNS}
             rows.append({**row, **volumes, **meta_columns(metadata[case_id], attributes), **files})
         except GroupError as exc:
             failures.append(CaseError(case_id, str(exc)))
@@ -179,11 +180,13 @@ def reference_spacing(reference_file, case_id: str, gt: Path | None):
 
 
 def save_per_case(per_case: pd.DataFrame, out: Path) -> None:
-    """per_case.csv and the same scores as nnU-Net's summary.json; per_case.csv last: it marks the folder finished."""
-    from data.nnunet import summary_from_per_case, write_summary
+    """The scores as nnU-Net's summary.json (naming the files scored), then per_case.csv without the file
+    names (the same results in another folder give the same table); per_case.csv last: it marks the folder
+    finished."""
+    from data.nnunet import FILE_COLUMNS, summary_from_per_case, write_summary
 
     write_summary(out / "summary.json", summary_from_per_case(per_case))
-    write_csv(per_case, out / "per_case.csv", index=False)
+    write_csv(per_case.drop(columns=list(FILE_COLUMNS), errors="ignore"), out / "per_case.csv", index=False)
 
 
 def open_out_dir(path: Path, overwrite: bool) -> Path:

@@ -99,8 +99,7 @@ def compare_audits(work: Path, raw: Path, dataset: Path, args) -> dict:
     run([sys.executable, "evaluate.py", "--nnunet-summary", work / "nnunet_summary.json", "--meta", raw / "kits.json",
          "--out", work / "audit_nnunet_summary", *common])
     figures = {}
-    files, summary = (pd.read_csv(work / d / "per_case.csv").drop(columns=["reference_file", "prediction_file"])
-                      for d in ("audit_files", "audit_nnunet_summary"))
+    files, summary = (pd.read_csv(work / d / "per_case.csv") for d in ("audit_files", "audit_nnunet_summary"))
     figures["per_case_equal"] = bool(files.equals(summary))
     figures["group_tables_equal"] = all(
         pd.read_csv(work / "audit_files" / f).equals(pd.read_csv(work / "audit_nnunet_summary" / f))

@@ -97,6 +97,7 @@ CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 # str() of nnU-Net's region tuple and label, which is how its summary.json names them
 KIDNEY_KEY, TUMOR_KEY = str((1, 2)), str(2)
 METRIC_NAMES = ("Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref")
+FILE_COLUMNS = ("reference_file", "prediction_file")     # a summary's file names, as per-case columns
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 LINK_ERRORS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
 
@@ -491,7 +492,7 @@ def summary_from_per_case(per_case: pd.DataFrame) -> dict:
                             "TP": tp, "FP": fp, "FN": fn, "TN": int(row["voxels"]) - tp - fp - fn,
                             "n_pred": tp + fp, "n_ref": tp + fn}
         files = {k: row.get(k) if isinstance(row.get(k), str) else f"{row['case_id']}{FILE_ENDING}"
-                 for k in ("reference_file", "prediction_file")}
+                 for k in FILE_COLUMNS}
         cases.append({**files, "metrics": metrics})
     mean = {}
     with warnings.catch_warnings():   # a metric NaN in every case (no tumor anywhere) stays NaN, quietly

@@ -101,6 +101,7 @@ def test_summary_json_is_written_beside_per_case_with_nnunets_keys(cohort_and_pr
         pytest.approx(((1 + 1 + 900 / 990 + 0) / 4 + 0.5) / 2)
     per_case = pd.read_csv(tmp_path / "audit" / "per_case.csv").set_index("case_id")
     assert per_case.loc["case_00002", ["kidney_tp", "kidney_fp", "kidney_fn", "voxels"]].tolist() == [450, 0, 90, 5760]
+    assert "prediction_file" not in per_case.columns     # the files are named in summary.json only
 
 
 def test_nnunet_summary_written_by_us_reproduces_the_audit_exactly(cohort_and_predictions, tmp_path, capsys):
