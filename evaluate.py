@@ -11,6 +11,8 @@
     python evaluate.py --compare runs/baseline_nnunet runs/resm_sex --baseline baseline_nnunet   # paired Δ
     # audit predictions made by any tool (nnU-Net, MONAI, ours) against a KiTS-layout folder
     python evaluate.py --pred preds/ --gt ../shared/kits19 --meta ../shared/kits19/kits.json --group age
+    # audit nnU-Net's own scores (summary.json of nnUNetv2_evaluate_folder or a fold's validation)
+    python evaluate.py --nnunet-summary fold_0/validation/summary.json --meta raw/kits.json --group sex age
     # the fairness numbers of published group Dice (e.g. SPEC Table 1: SD 2.35, SER 1.42)
     python evaluate.py --group-dice male=84.2 female=88.9
 
@@ -20,8 +22,18 @@ the sliding window on the preprocessed case, writes the labels back in the origi
 in 3D Slicer or ITK-SNAP) and scores them there against the original label map. An interrupted
 evaluation continues where it stopped (predictions already written are scored, not redone).
 Outputs, per attribute: groups_<attr>.csv, summary_<attr>.csv, report_<attr>.md / .tex,
-box_<attr>.png, and TensorBoard scalars and figures in the same folder; results are never
+box_<attr>.png, and TensorBoard scalars and figures in the same folder; per_case.csv (Dice, the
+voxel counts behind it, class volumes, groups) and the same per-case scores as nnU-Net's
+summary.json, which also names the files scored (regions "(1, 2)" kidney and "2" tumor,
+data/nnunet.py); results are never
 overwritten without --overwrite.
+
+--nnunet-summary reads nnU-Net v2's summary.json and audits its per-case scores as they are (no
+label map is scored again), joined by case id (the reference file's name) to the metadata
+(--meta, or --gt's kits.json). Kidney is the region (1, 2), tumor 2; a label-based summary (keys
+"1", "2") gives kidney from labels 1 and 2 with TP/FP/FN summed, a lower bound that a note flags.
+The class volumes (covariates of the adjusted gap) are n_ref times the voxel volume from the
+reference file's header, where it can be read (as the summary names it, or under --gt).
 
 Every table gives, per group, n and Dice kidney / tumor / mean with stratified bootstrap 95% CIs
 (cases resampled within groups, seeded: --n-boot, --seed), the worst-20% CVaR (--cvar-level), then SD
@@ -29,7 +41,9 @@ and SER with CIs, a rank test of the groups' per-case Dice (Mann-Whitney U for t
 Kruskal-Wallis for more), ES-Dice, the worst group and the best-worst gap.
 
 Predictions are label maps in the original geometry of the reference, named
-PRED/case_XXXXX.nii.gz (nnU-Net's naming) or PRED/case_XXXXX/segmentation.nii.gz. Dice is
+PRED/case_XXXXX.nii.gz (nnU-Net's naming: the folder nnUNetv2_predict writes is read as it is, its
+dataset.json, plans.json and predict_from_raw_data_args.json left alone) or
+PRED/case_XXXXX/segmentation.nii.gz. Dice is
 KiTS19's: kidney = label > 0, tumor = label 2, mean of the two; a class empty in both reference
 and prediction is excluded (NaN) and counted (fairness/case_dice.py). SD is the population std
 of the group mean Dice in Dice %, SER = max(1 - D_g) / min(1 - D_g).
@@ -64,12 +78,14 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path:
     raise CaseError(case_id, f"no prediction in {pred_dir} ({case_id}.nii.gz or {case_id}/segmentation.nii.gz)")
 
 
-def _bmi(meta: dict) -> float:
+def meta_columns(meta: dict, attributes) -> dict:
+    """A case's bmi (a covariate, NaN if unknown) and its group under each attribute (GroupError if none)."""
     from data.groups import FIELDS, GroupError, numeric_value
     try:
-        return numeric_value(meta, FIELDS["bmi"])
+        bmi = numeric_value(meta, FIELDS["bmi"])
     except GroupError:
-        return float("nan")
+        bmi = float("nan")
+    return {"bmi": bmi, **{attribute.name: attribute.group_of(meta) for attribute in attributes}}
 
 
 def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases=None, label_scheme="kits19",
@@ -110,18 +126,78 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
                                 f"{record.label_path.name} (orientation or origin): predictions must be in the "
                                 "original geometry")
             pred_labels = scheme.apply(pred.array, where=f"{record.case_id} prediction")
-            row = {"case_id": record.case_id,
-                   **case_scores(pred_labels, ref.labels, spacing=ref.spacing, metrics=metrics,
-                                 tolerance_mm=DEFAULT_TOLERANCE_MM if tolerance_mm is None else tolerance_mm),
-                   **class_volumes_ml(ref.labels, ref.spacing), "bmi": _bmi(record.meta)}
-            for attribute in attributes:
-                row[attribute.name] = attribute.group_of(record.meta)
-            rows.append(row)
+            rows.append({"case_id": record.case_id,
+                         **case_scores(pred_labels, ref.labels, spacing=ref.spacing, metrics=metrics,
+                                       tolerance_mm=DEFAULT_TOLERANCE_MM if tolerance_mm is None else tolerance_mm),
+                         **class_volumes_ml(ref.labels, ref.spacing), **meta_columns(record.meta, attributes),
+                         "reference_file": str(record.label_path.resolve()), "prediction_file": str(pred_file.resolve())})
         except GroupError as exc:
             failures.append(CaseError(record.case_id, str(exc)))
         except CaseError as exc:
             failures.append(exc)
     return pd.DataFrame(rows), attributes, failures
+
+
+def summary_cases(args):
+    """The per-case table of an nnU-Net summary.json (Dice as nnU-Net computed it) joined to the metadata."""
+    from data.groups import GroupError, parse_attribute
+    from data.kits import METADATA_NAME, load_metadata, validate_meta
+    from data.nnunet import FILE_COLUMNS, read_summary
+    from data.preprocessing import volumes_ml
+
+    meta_path = args.meta or (args.gt / METADATA_NAME if args.gt is not None else None)
+    if meta_path is None:
+        raise CaseError(str(args.nnunet_summary), "--nnunet-summary needs the metadata: --meta kits.json (or --gt)")
+    metadata = load_metadata(meta_path)
+    attributes = [parse_attribute(s) for s in args.group]
+    table = read_summary(args.nnunet_summary, label_scheme=args.label_scheme)
+    rows, failures, unsized = [], list(table.failures), 0
+    for row in table.frame.to_dict("records"):
+        case_id = row["case_id"]
+        if args.cases and case_id not in args.cases:
+            continue
+        try:
+            if case_id not in metadata:
+                raise CaseError(case_id, f"not in the metadata file {meta_path}")
+            validate_meta(case_id, metadata[case_id])
+            spacing = reference_spacing(row["reference_file"], case_id, args.gt)
+            unsized += spacing is None
+            volumes = {"kidney_ml": float("nan"), "tumor_ml": float("nan")} if spacing is None else volumes_ml(
+                kidney_voxels=row["kidney_tp"] + row["kidney_fn"], tumor_voxels=row["tumor_tp"] + row["tumor_fn"],
+                spacing=spacing)
+            files = {k: row.pop(k) for k in FILE_COLUMNS}
+            rows.append({**row, **volumes, **meta_columns(metadata[case_id], attributes), **files})
+        except GroupError as exc:
+            failures.append(CaseError(case_id, str(exc)))
+        except CaseError as exc:
+            failures.append(exc)
+    if unsized:
+        table.notes.append(f"{unsized} case(s) have no reference label map at the path the summary names (or under "
+                           "--gt): their kidney and tumor volumes, covariates of the adjusted gap, are unknown")
+    return pd.DataFrame(rows), attributes, failures, table.notes
+
+
+def reference_spacing(reference_file, case_id: str, gt: Path | None):
+    """The spacing of a case's reference label map from its header; None where none is found."""
+    from data.nifti import read_geometry
+
+    candidates = [Path(reference_file)] if isinstance(reference_file, str) and reference_file else []
+    if gt is not None:
+        candidates += [gt / case_id / "segmentation.nii.gz", gt / f"{case_id}.nii.gz"]
+    for path in candidates:
+        if path.is_file():
+            return read_geometry(path, where=case_id)[1]
+    return None
+
+
+def save_per_case(per_case: pd.DataFrame, out: Path) -> None:
+    """The scores as nnU-Net's summary.json (naming the files scored), then per_case.csv without the file
+    names (the same results in another folder give the same table); per_case.csv last: it marks the folder
+    finished."""
+    from data.nnunet import FILE_COLUMNS, summary_from_per_case, write_summary
+
+    write_summary(out / "summary.json", summary_from_per_case(per_case))
+    write_csv(per_case.drop(columns=list(FILE_COLUMNS), errors="ignore"), out / "per_case.csv", index=False)
 
 
 def open_out_dir(path: Path, overwrite: bool) -> Path:
@@ -206,19 +282,30 @@ def write_report(per_case: pd.DataFrame, attribute, out_dir: Path | None, args, 
 
 
 def cmd_audit(args) -> int:
-    if not args.pred.is_dir():
-        raise CaseError(str(args.pred), "prediction folder not found")
-    per_case, attributes, failures = score_predictions(
-        args.pred, args.gt, metadata_path=args.meta, cases=args.cases, label_scheme=args.label_scheme,
-        group_specs=args.group, progress=not args.no_progress, metrics=args.metric or ["dice"],
-        tolerance_mm=args.surface_tolerance)
+    """--pred (label maps scored here) or --nnunet-summary (nnU-Net's scores as they are)."""
+    if args.nnunet_summary is not None:
+        per_case, attributes, failures, notes = summary_cases(args)
+        source, title = args.nnunet_summary, f"nnU-Net's scores in {args.nnunet_summary}"
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    else:
+        if not args.pred.is_dir():
+            raise CaseError(str(args.pred), "prediction folder not found")
+        per_case, attributes, failures = score_predictions(
+            args.pred, args.gt, metadata_path=args.meta, cases=args.cases, label_scheme=args.label_scheme,
+            group_specs=args.group, progress=not args.no_progress, metrics=args.metric or ["dice"],
+            tolerance_mm=args.surface_tolerance)
+        source, title = args.pred, f"predictions in {args.pred}"
     if per_case.empty:
         print(format_failures(failures), file=sys.stderr)
-        raise CaseError(str(args.pred), "no case could be scored")
+        raise CaseError(str(source), "no case could be scored")
+    # the bootstrap draws by row: one order (by case id) makes the same cases the same audit, whatever
+    # order --cases or a summary listed them in
+    per_case = per_case.sort_values("case_id", kind="stable", ignore_index=True)
     out = open_out_dir(args.out, args.overwrite) if args.out is not None else None
-    write_reports(per_case, attributes, out, args, title=f"predictions in {args.pred}", metrics=args.metric or ["dice"])
+    write_reports(per_case, attributes, out, args, title=title, metrics=args.metric or ["dice"])
     if out is not None:
-        write_csv(per_case, out / "per_case.csv", index=False)  # last: it marks the folder finished
+        save_per_case(per_case, out)
     print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
     if failures:
         print(format_failures(failures), file=sys.stderr)
@@ -379,7 +466,7 @@ def cmd_ckpt(args) -> int:
         all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
                                          metrics=metrics))
         writer.close()
-        write_csv(per_case, out_dir / "per_case.csv", index=False)
+        save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
         if failures:
             print(format_failures(failures), file=sys.stderr)
@@ -575,12 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--compare", nargs="+", metavar="RUN", type=Path,
                       help="run folders or --seeds/--sweep batch folders, one method each, side by side")
     mode.add_argument("--pred", type=Path, help="folder of predicted label maps (original geometry), with --gt")
+    mode.add_argument("--nnunet-summary", type=Path, metavar="SUMMARY_JSON",
+                      help="nnU-Net v2's summary.json: audit its per-case scores as they are, with --meta")
     mode.add_argument("--group-dice", nargs="+", metavar="GROUP=DICE",
                       help="summarise given group mean Dice (in %% or fractions) instead of scoring files")
     parser.add_argument("--group", nargs="+", default=["sex"],
                         help="grouping attribute(s): sex, age, bmi, age:40,60, sex,age (intersection), any "
                              "metadata field (default: sex)")
-    parser.add_argument("--gt", type=Path, help="with --pred: KiTS-layout folder of reference label maps + metadata")
+    parser.add_argument("--gt", type=Path, help="with --pred: KiTS-layout folder of reference label maps + metadata; "
+                        "with --nnunet-summary: where to find the reference label maps' headers (volumes)")
     parser.add_argument("--meta", type=Path, help="metadata JSON (default: the folder's kits.json)")
     parser.add_argument("--cases", type=lambda t: [c for c in t.split(",") if c], help="only these case ids (a,b,c)")
     ck = parser.add_argument_group("with --ckpt")
@@ -619,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
-    parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred (kits19 default)")
+    parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "
+                        "--nnunet-summary's keys (kits19 default)")
     parser.add_argument("--overall", type=float, help="with --group-dice: Dice over all cases, for ES-Dice")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -631,9 +722,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.alpha is not None:
         parser.error("--alpha is now --cvar-level (the within-group CVaR level)")
-    modes = [m for m in ("ckpt", "compare", "pred", "group_dice") if getattr(args, m)]
+    modes = [m for m in ("ckpt", "compare", "pred", "nnunet_summary", "group_dice") if getattr(args, m)]
     if len(modes) != 1:
-        parser.error("give exactly one of --ckpt, --compare, --pred (with --gt) or --group-dice")
+        parser.error("give exactly one of --ckpt, --compare, --pred (with --gt), --nnunet-summary or --group-dice")
     try:
         if args.group_dice:
             return cmd_group_dice(args)
@@ -641,7 +732,7 @@ def main(argv=None) -> int:
             return cmd_ckpt(args)
         if args.compare:
             return cmd_compare(args)
-        if args.gt is None:
+        if args.pred is not None and args.gt is None:
             parser.error("--pred needs --gt, the folder of reference label maps")
         return cmd_audit(args)
     except (CaseError, ValueError, KeyError) as exc:

@@ -1,4 +1,4 @@
-"""Make data and turn it into a training cache: `python preprocess.py {synthesize,run,split,verify} ...`.
+"""Make data and turn it into a training cache: `python preprocess.py {synthesize,run,split,verify,export-nnunet} ...`.
 
     # the embedded demo cohort: procedural CT-like cases, no files needed
     python preprocess.py synthesize --out raw/demo --cases 12 --seed 0
@@ -13,6 +13,14 @@
     # check every cached file (properties, array shapes, dtypes, checksums, the case table, splits);
     # --repair preprocesses the damaged cases again from the raw folder the cache records
     python preprocess.py verify --cache cache/demo --repair
+    # the cohort as an nnU-Net v2 raw dataset (hard links), our split as nnU-Net's fold 0
+    python preprocess.py export-nnunet --raw raw/demo --out nnUNet_raw --id 501 --splits cache/demo/splits.json
+
+`export-nnunet` writes NNUNET_RAW/DatasetNNN_Name/ (imagesTr, labelsTr, with a split imagesTs and
+labelsTs for the test cases, dataset.json with KiTS19's regions, splits_final.json): files are
+hard-linked to the raw ones (copied where that fails, or with --copy), label maps the label scheme
+changes are written mapped; a re-run leaves what is already right alone and finishes the rest
+(data/nnunet.py says how our split maps onto nnU-Net's folds).
 
 `--bias FILE` (both generators) applies a bias file (data/bias.py, configs/bias/): each case's
 effect is recorded in kits.json as `synthetic_bias`, and OUT/synthesis.json records the spec, so
@@ -121,6 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--val", type=_amount, default=0.0, help="validation: a count or a fraction of train")
     spl.add_argument("--stratify", help="grouping attribute to stratify by (sex, age, sex,age, ...)")
     spl.add_argument("--overwrite", action="store_true", help="replace an existing splits.json")
+
+    nn = sub.add_parser("export-nnunet", help="write a KiTS-layout folder as an nnU-Net v2 raw dataset")
+    nn.add_argument("--raw", required=True, type=Path, help="KiTS-layout folder with imaging and segmentation")
+    nn.add_argument("--out", required=True, type=Path, help="nnU-Net's raw folder ($nnUNet_raw)")
+    nn.add_argument("--id", required=True, type=int, help="dataset id, 1..999: DatasetNNN_Name")
+    nn.add_argument("--name", default="KiTS19Fair", help="dataset name (default KiTS19Fair)")
+    nn.add_argument("--metadata", type=Path, help="metadata JSON (default RAW/kits.json)")
+    nn.add_argument("--cases", type=_case_list, help="only these comma-separated case ids (no --splits)")
+    nn.add_argument("--splits", type=Path, metavar="SPLITS_JSON",
+                    help="our split (e.g. CACHE/splits.json): train+val to imagesTr, test to imagesTs, and "
+                         "splits_final.json with fold 0 = our train / val")
+    nn.add_argument("--preprocessed", type=Path, metavar="DIR",
+                    help="nnU-Net's preprocessed folder ($nnUNet_preprocessed): also write the split there")
+    nn.add_argument("--label-scheme", default="kits19", help="kits19 (default), kits23-cyst-kidney, "
+                    "kits23-cyst-background, or a map like 0:0,1:1,2:2,3:1; changed label maps are written mapped")
+    nn.add_argument("--copy", action="store_true", help="copy the files instead of hard-linking them")
+    nn.add_argument("--overwrite", action="store_true",
+                    help="replace files with other content and remove case files this export would not write")
+    nn.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -237,17 +264,48 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_export_nnunet(args) -> int:
+    import os
+
+    from data.nnunet import SPLITS_FILE, export_raw_dataset
+    result = export_raw_dataset(args.raw, args.out, dataset_id=args.id, name=args.name, metadata_path=args.metadata,
+                                cases=args.cases, split_path=args.splits, label_scheme=args.label_scheme,
+                                preprocessed=args.preprocessed, overwrite=args.overwrite, copy=args.copy,
+                                progress=not args.no_progress)
+    done = ", ".join(f"{k} {v}" for k, v in sorted(result.actions.items())) or "none"
+    print(f"{result.dataset_dir}: imagesTr {len(result.train_ids)} case(s), imagesTs {len(result.test_ids)}; "
+          f"case files {done}" + "".join(f"; {path.relative_to(args.out) if path.is_relative_to(args.out) else path} "
+                                         f"{action}" for path, action in result.json_files.items()))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.failures:
+        print(format_failures(result.failures), file=sys.stderr)
+        return 1
+    folder = result.dataset_dir.name
+    target = Path(os.environ.get("nnUNet_preprocessed", "$nnUNet_preprocessed")) / folder / SPLITS_FILE
+    print(f"next: nnUNet_raw={args.out} nnUNetv2_plan_and_preprocess -d {args.id} --verify_dataset_integrity")
+    if result.splits_files and args.preprocessed is None:
+        print(f"      (nnU-Net 2.8 copies the split into its preprocessed folder while planning; if yours does not: "
+              f"cp {result.splits_files[0]} {target})")
+    print(f"      nnUNetv2_train {args.id} 3d_fullres 0"
+          + ("" if result.splits_files else f"   (no --splits: nnU-Net makes its own 5-fold split of the "
+                                            f"{len(result.train_ids)} cases)"))
+    return 0
+
+
 KEPT_ON_INTERRUPT = {
     "synthesize": "the cases written completely so far are kept: the same command continues",
     "run": "the cases preprocessed so far are kept: the same command continues",
     "split": "splits.json is as it was",
     "verify": "the cases repaired so far are kept: the same command continues",
+    "export-nnunet": "the files placed so far are kept: the same command continues",
 }
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split, "verify": cmd_verify}
+    commands = {"synthesize": cmd_synthesize, "run": cmd_run, "split": cmd_split, "verify": cmd_verify,
+                "export-nnunet": cmd_export_nnunet}
     on_interrupt(lambda exc: f"during {args.command}; {KEPT_ON_INTERRUPT[args.command]}")
     try:
         return commands[args.command](args)

@@ -22,6 +22,7 @@ Modules (each one job):
     patches        the training dataset: pos/neg crops, each batch item with its group
     augment        the study's augmentations in torch
     writeback      predictions back in the original geometry
+    nnunet         nnU-Net v2's formats: the raw dataset export, splits_final.json, summary.json
 
 Samplers (uniform, RESM, stratified) are in mitigations/samplers.py.
 """

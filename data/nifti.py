@@ -8,6 +8,7 @@ anything written back lands in the original geometry.
 Usage:
     vol = read_volume("case_00000/segmentation.nii.gz")
     vol.array.shape, vol.spacing          # (611, 512, 512), (0.5, 0.919, 0.919)
+    shape, spacing, affine = read_geometry("case_00000/imaging.nii.gz")   # the header only
     write_volume("pred.nii.gz", labels, affine=vol.affine, header=vol.header)
     kits_affine((3.0, 0.8, 0.8))          # the affine KiTS19 would write for that spacing
 """
@@ -73,10 +74,8 @@ def _stored_zooms(img) -> tuple[float, ...]:
         return zooms
 
 
-def read_volume(path, dtype=None, where: str | None = None) -> Volume:
-    """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable."""
-    path = Path(path)
-    where = where or str(path)
+def _open(path: Path, where: str):
+    """(the nibabel image, its spacing) of a 3D NIfTI, header only: the voxels are not read yet."""
     if not path.is_file():
         raise CaseError(where, f"missing file {path}")
     try:
@@ -91,6 +90,21 @@ def read_volume(path, dtype=None, where: str | None = None) -> Volume:
         shown = ", ".join(f"{z:g}" for z in zooms)
         raise CaseError(where, f"{path.name} has invalid spacing ({shown}) in its header (zooms must be "
                         "finite and positive)")
+    return img, zooms
+
+
+def read_geometry(path, where: str | None = None) -> tuple[tuple[int, ...], tuple[float, float, float], np.ndarray]:
+    """(shape, spacing, affine) from the header alone, the same values read_volume gives."""
+    path = Path(path)
+    img, zooms = _open(path, where or str(path))
+    return tuple(int(n) for n in img.shape), zooms, img.affine.copy()
+
+
+def read_volume(path, dtype=None, where: str | None = None) -> Volume:
+    """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable."""
+    path = Path(path)
+    where = where or str(path)
+    img, zooms = _open(path, where)
     try:
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)

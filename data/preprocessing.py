@@ -132,10 +132,14 @@ def sample_class_locations(labels: np.ndarray, classes, rng: np.random.Generator
 
 
 def class_volumes_ml(labels: np.ndarray, spacing) -> dict[str, float]:
+    return volumes_ml(kidney_voxels=int(np.count_nonzero(labels)), tumor_voxels=int(np.count_nonzero(labels == 2)),
+                      spacing=spacing)
+
+
+def volumes_ml(*, kidney_voxels: int, tumor_voxels: int, spacing) -> dict[str, float]:
+    """{"kidney_ml", "tumor_ml"} from voxel counts (e.g. a summary's n_ref) and the spacing in mm."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    kidney = int(np.count_nonzero(labels))
-    tumor = int(np.count_nonzero(labels == 2))
-    return {"kidney_ml": kidney * voxel_ml, "tumor_ml": tumor * voxel_ml}
+    return {"kidney_ml": kidney_voxels * voxel_ml, "tumor_ml": tumor_voxels * voxel_ml}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

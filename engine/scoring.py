@@ -69,7 +69,8 @@ class CaseScorer:
                             mirror=o.mirror, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
 
     def score(self, case_id: str, *, record=None, scheme=None, pred_dir: Path | None = None, picture=None) -> dict:
-        """{"case_id", "kidney", "tumor", "mean", "geometry"}; `picture` (a list) gets the arrays."""
+        """{"case_id", "kidney", "tumor", "mean", the voxel counts (fairness.case_dice.COUNTS), "geometry"}
+        and, in the original geometry, "reference_file" and "prediction_file"; `picture` (a list) gets the arrays."""
         image, cached_seg, props = load_preprocessed(self.cache, case_id)  # memory-mapped: read only if used
         if record is None:
             pred = self.predict(case_id, image).argmax(0).to(torch.uint8).numpy()
@@ -90,7 +91,8 @@ class CaseScorer:
             labels = to_original_geometry(self.predict(case_id, image), props,
                                           anisotropy_threshold=self.anisotropy_threshold)
             write_prediction(pred_file, labels, props, reference=ref)
-        return {"case_id": case_id, **self._scores(labels, ref_labels, ref.spacing), "geometry": "original"}
+        return {"case_id": case_id, **self._scores(labels, ref_labels, ref.spacing), "geometry": "original",
+                "reference_file": str(record.label_path.resolve()), "prediction_file": str(pred_file.resolve())}
 
     def _scores(self, pred, ref, spacing) -> dict:
         return case_scores(pred, ref, spacing=spacing, metrics=self.metrics, tolerance_mm=self.tolerance_mm)

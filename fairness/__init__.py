@@ -3,7 +3,8 @@
 This package measures; what changes training (the mitigations) is in mitigations/.
 
 Modules (each one job):
-    case_dice  per-case Dice, KiTS19's way (kidney = label > 0, tumor = label 2, nanmean)
+    case_dice  per-case Dice, KiTS19's way (kidney = label > 0, tumor = label 2, nanmean), and
+               the voxel counts (TP, FP, FN) behind it
     grouping   the one order in which groups are listed
     tables     group_table: per-group n, mean Dice and excluded (NaN) counts, plus "all"
     summary    fairness_summary: SD, SER, ES-Dice, worst/best group and gap
@@ -24,7 +25,7 @@ Usage:
     aggregate_seeds([audit_figures(audit_groups(pc, group_col="sex")) for pc in seeds])["ser"]
     # (audit_groups from fairness.audit; one per_case frame per training seed)
 """
-from fairness.case_dice import dice, kits_case_dice
+from fairness.case_dice import dice, kits_case_dice, kits_case_scores
 from fairness.grouping import group_order
 from fairness.summary import fairness_summary
 from fairness.tables import group_table
@@ -34,6 +35,7 @@ from fairness.tails import cvar, tail_size, within_group_cvar, worst_group_cvar
 __all__ = [
     "dice",
     "kits_case_dice",
+    "kits_case_scores",
     "group_order",
     "group_table",
     "fairness_summary",

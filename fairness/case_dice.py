@@ -24,10 +24,18 @@ Inputs are integer (or bool) arrays, numpy or torch, of the same shape. Floating
 refused: a probability map or a linearly resampled label map is not a label map, and comparing
 it with 0 or 2 would give a number that looks right and is not.
 
+The voxel counts behind the two Dice values (`kits_case_counts`: per class TP, FP, FN and the
+grid's voxel count, TN = voxels - TP - FP - FN) travel in the per-case table too, so that
+nnU-Net's summary.json (data/nnunet.py) can be written from it and read back without the label
+maps. Dice from counts is 2 TP / (2 TP + FP + FN), nnU-Net's formula; it is the same number as
+2 |P and R| / (|P| + |R|), and nnU-Net's empty-mask rule (TP + FP + FN = 0 -> NaN) is ours.
+
 Usage:
-    from fairness.case_dice import dice, kits_case_dice
+    from fairness.case_dice import dice, kits_case_dice, kits_case_scores
     kits_case_dice(pred=pred_labels, ref=ref_labels)  # {"kidney": 0.95, "tumor": 0.81, "mean": 0.88}
+    kits_case_scores(pred=pred_labels, ref=ref_labels)  # the same + kidney_tp, ..., tumor_fn, voxels
     dice(pred_mask=pred_labels == 2, ref_mask=ref_labels == 2)  # one pair of binary masks
+    dice_from_counts(tp=90, fp=10, fn=0)              # 2 * 90 / 190
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ TUMOR_LABEL = 2
 
 
 METRICS = ("kidney", "tumor", "mean")   # the per-case columns kits_case_dice gives, in table order
+COUNTS = ("kidney_tp", "kidney_fp", "kidney_fn", "tumor_tp", "tumor_fp", "tumor_fn", "voxels")   # kits_case_counts
+CLASSES = ("kidney", "tumor")
 
 def _as_array(x, name: str) -> np.ndarray:
     """A numpy view of a numpy array or torch tensor, refusing non-integer data."""
@@ -63,11 +73,12 @@ def _as_pair(pred, ref, pred_name: str, ref_name: str) -> tuple[np.ndarray, np.n
     return pred_arr, ref_arr
 
 
-def _dice_from_counts(n_both: int, n_pred: int, n_ref: int) -> float:
-    total = n_pred + n_ref
+def dice_from_counts(tp: int, fp: int, fn: int) -> float:
+    """2 TP / (2 TP + FP + FN); NaN when the class is empty in both masks (TP + FP + FN = 0)."""
+    total = 2 * tp + fp + fn
     if total == 0:
         return math.nan
-    return 2.0 * n_both / total
+    return 2.0 * tp / total
 
 
 def dice(pred_mask, ref_mask) -> float:
@@ -78,17 +89,45 @@ def dice(pred_mask, ref_mask) -> float:
     pred, ref = _as_pair(pred_mask, ref_mask, "pred_mask", "ref_mask")
     pred = pred if pred.dtype == bool else pred != 0
     ref = ref if ref.dtype == bool else ref != 0
-    return _dice_from_counts(
-        n_both=int(np.count_nonzero(np.logical_and(pred, ref))),
-        n_pred=int(np.count_nonzero(pred)),
-        n_ref=int(np.count_nonzero(ref)),
-    )
+    tp = int(np.count_nonzero(np.logical_and(pred, ref)))
+    return dice_from_counts(tp=tp, fp=int(np.count_nonzero(pred)) - tp, fn=int(np.count_nonzero(ref)) - tp)
 
 
-def _nan_mean_of_classes(kidney: float, tumor: float) -> float:
+def case_mean(kidney: float, tumor: float) -> float:
     """The case mean: the mean of the non-NaN class values, NaN when both are NaN."""
     present = [v for v in (kidney, tumor) if not math.isnan(v)]
     return sum(present) / len(present) if present else math.nan
+
+
+def kits_case_counts(pred, ref) -> dict[str, int]:
+    """Voxel counts of both KiTS19 classes: {"kidney_tp", "kidney_fp", "kidney_fn", "tumor_tp",
+    "tumor_fp", "tumor_fn", "voxels"}; kidney compares label > 0, tumor label == 2."""
+    pred, ref = _as_pair(pred, ref, "pred", "ref")
+    # Three bool buffers reused for both classes: a 500x512x512 case then needs ~400 MB of
+    # scratch instead of a fresh temporary per comparison, and count_nonzero on bool is the
+    # fastest count numpy has.
+    pred_in = np.empty(pred.shape, dtype=bool)
+    ref_in = np.empty(pred.shape, dtype=bool)
+    both_in = np.empty(pred.shape, dtype=bool)
+    counts: dict[str, int] = {}
+    for name, compare, value in (("kidney", np.greater, 0), ("tumor", np.equal, TUMOR_LABEL)):
+        compare(pred, value, out=pred_in)
+        compare(ref, value, out=ref_in)
+        np.logical_and(pred_in, ref_in, out=both_in)
+        tp = int(np.count_nonzero(both_in))
+        counts[f"{name}_tp"] = tp
+        counts[f"{name}_fp"] = int(np.count_nonzero(pred_in)) - tp
+        counts[f"{name}_fn"] = int(np.count_nonzero(ref_in)) - tp
+    counts["voxels"] = int(pred.size)
+    return counts
+
+
+def kits_dice_from_counts(counts) -> dict[str, float]:
+    """{"kidney", "tumor", "mean"} from the counts of `kits_case_counts` (a dict or a table row)."""
+    scores = {name: dice_from_counts(tp=counts[f"{name}_tp"], fp=counts[f"{name}_fp"], fn=counts[f"{name}_fn"])
+              for name in CLASSES}
+    scores["mean"] = case_mean(kidney=scores["kidney"], tumor=scores["tumor"])
+    return scores
 
 
 def kits_case_dice(pred, ref) -> dict[str, float]:
@@ -98,22 +137,10 @@ def kits_case_dice(pred, ref) -> dict[str, float]:
     kidney compares label > 0, tumor compares label == 2; a class empty in both gives NaN, a
     class empty only in the reference gives 0.0; mean is the nanmean of the two classes.
     """
-    pred, ref = _as_pair(pred, ref, "pred", "ref")
-    # Three bool buffers reused for both classes: a 500x512x512 case then needs ~400 MB of
-    # scratch instead of a fresh temporary per comparison, and count_nonzero on bool is the
-    # fastest count numpy has.
-    pred_in = np.empty(pred.shape, dtype=bool)
-    ref_in = np.empty(pred.shape, dtype=bool)
-    both_in = np.empty(pred.shape, dtype=bool)
-    scores: dict[str, float] = {}
-    for name, compare, value in (("kidney", np.greater, 0), ("tumor", np.equal, TUMOR_LABEL)):
-        compare(pred, value, out=pred_in)
-        compare(ref, value, out=ref_in)
-        np.logical_and(pred_in, ref_in, out=both_in)
-        scores[name] = _dice_from_counts(
-            n_both=int(np.count_nonzero(both_in)),
-            n_pred=int(np.count_nonzero(pred_in)),
-            n_ref=int(np.count_nonzero(ref_in)),
-        )
-    scores["mean"] = _nan_mean_of_classes(kidney=scores["kidney"], tumor=scores["tumor"])
-    return scores
+    return kits_dice_from_counts(kits_case_counts(pred, ref))
+
+
+def kits_case_scores(pred, ref) -> dict[str, float]:
+    """`kits_case_dice` and the `kits_case_counts` it comes from, in one pass: a per-case row."""
+    counts = kits_case_counts(pred, ref)
+    return {**kits_dice_from_counts(counts), **counts}

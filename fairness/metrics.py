@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fairness.case_dice import METRICS as DICE_COLUMNS, kits_case_dice
+from fairness.case_dice import METRICS as DICE_COLUMNS, kits_case_scores
 from fairness.surface import DEFAULT_TOLERANCE_MM, SURFACE_METRICS, kits_case_surface
 
 CLASSES = DICE_COLUMNS               # ("kidney", "tumor", "mean"): the columns an audit reads
@@ -91,9 +91,11 @@ def metric_view(per_case: pd.DataFrame, metric) -> pd.DataFrame:
 
 
 def case_scores(pred, ref, *, spacing, metrics=("dice",), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
-    """One case's row: Dice's kidney / tumor / mean, then the asked surface metrics' columns."""
+    """One case's row: Dice's kidney / tumor / mean and the voxel counts they come from
+    (fairness/case_dice.py: nnU-Net's summary.json is written from them), then the asked surface
+    metrics' columns."""
     names = check_metrics(metrics)
-    row = kits_case_dice(pred=pred, ref=ref)
+    row = kits_case_scores(pred=pred, ref=ref)
     surface = [n for n in names if n in SURFACE_METRICS]
     if surface:
         row.update(kits_case_surface(pred, ref, spacing, tolerance_mm=tolerance_mm, metrics=surface))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairness.case_dice import dice, kits_case_dice
+from fairness.case_dice import dice, dice_from_counts, kits_case_counts, kits_case_dice, kits_case_scores
 
 
 def _case():
@@ -30,6 +30,19 @@ def test_hand_computed_case():
     assert scores["tumor"] == pytest.approx(0.5)
     assert scores["mean"] == pytest.approx((2 / 3 + 0.5) / 2)
     assert set(scores) == {"kidney", "tumor", "mean"}
+
+
+def test_hand_computed_counts_behind_the_dice():
+    pred, ref = _case()
+    counts = kits_case_counts(pred=pred, ref=ref)
+    # kidney: 3 in both, pred>0 has 4 (1 FP: the stray tumor voxel), ref>0 has 5 (2 FN)
+    # tumor: 1 in both, 1 FP, 1 FN; the grid has 18 voxels
+    assert counts == {"kidney_tp": 3, "kidney_fp": 1, "kidney_fn": 2, "tumor_tp": 1, "tumor_fp": 1, "tumor_fn": 1,
+                      "voxels": 18}
+    scores = kits_case_scores(pred=pred, ref=ref)
+    assert scores == {**kits_case_dice(pred=pred, ref=ref), **counts}
+    assert dice_from_counts(tp=3, fp=1, fn=2) == scores["kidney"] == 2 * 3 / (4 + 5)   # nnU-Net's formula, same float
+    assert math.isnan(dice_from_counts(tp=0, fp=0, fn=0)) and dice_from_counts(tp=0, fp=3, fn=0) == 0.0
 
 
 def test_kidney_region_includes_tumor():
