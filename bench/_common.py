@@ -9,6 +9,8 @@
     run_step(cmd, env, step) run a child benchmark step, echo its output, return its result dict
                              with "other_processes_cores": other processes' CPU use meanwhile
     write_json(path, figs)   the figures, for --json
+    run_logged(cmd, log)     run a project command from the repository root, its output appended to
+                             a log file; exit with one line naming the command and the log on failure
 
 Imported by the scripts in bench/ (run as `python bench/X.py`, so this folder is on sys.path).
 """
@@ -92,3 +94,13 @@ def write_json(path: Path, figures: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"figures -> {path}")
+
+
+def run_logged(cmd: list, log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        fh.flush()
+        done = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"error: failed (exit {done.returncode}): {' '.join(map(str, cmd))}; see {log}")

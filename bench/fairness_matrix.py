@@ -49,6 +49,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import run_logged  # noqa: E402
 from config import load_config  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
 from fairness.paired import holm, paired_delta  # noqa: E402
@@ -188,15 +189,6 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 def _pm(mean: float, std: float, col: str) -> str:
     digits = 3 if col.endswith(" p") else 2 if col == "SER" else 1
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def run_logged(cmd: list, log: Path) -> None:
-    with open(log, "a") as fh:
-        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        fh.flush()
-        done = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"error: failed (exit {done.returncode}): {' '.join(map(str, cmd))}; see {log}")
 
 
 def compare_methods(args, methods: list[str]) -> Path:

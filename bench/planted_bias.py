@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -44,17 +43,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import run_logged  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
 from fairness.report import to_markdown  # noqa: E402
-
-
-def run(cmd: list[str], log: Path) -> None:
-    with open(log, "a") as fh:
-        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        fh.flush()
-        done = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"failed (exit {done.returncode}): {' '.join(map(str, cmd))}; see {log}")
 
 
 def train_cohort(label: str, bias: Path, args, twins: bool) -> Path:
@@ -68,7 +59,7 @@ def train_cohort(label: str, bias: Path, args, twins: bool) -> Path:
     for s in sets:
         cmd += ["--set", s]
     print(f"training {label}: seeds {' '.join(map(str, args.seeds))} (log {out / f'{label}.log'})", flush=True)
-    run(cmd, out / f"{label}.log")
+    run_logged(cmd, out / f"{label}.log")
     return out / "runs" / label
 
 
@@ -80,7 +71,7 @@ def evaluated(run_dir: Path, log: Path, extra=(), name: str = "last") -> pd.Data
                "--n-boot", "200", *extra]
         if name != "last":
             cmd += ["--out", out]
-        run(cmd, log)
+        run_logged(cmd, log)
     return pd.read_csv(out / "per_case.csv")
 
 
