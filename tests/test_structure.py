@@ -38,10 +38,11 @@ def test_entry_point_functions_fit_on_a_screen():
         assert longest[1] <= 80, f"{name}: {longest[0]} is {longest[1]} lines"
 
 
-def test_fairness_matrix_trains_every_shipped_method_config():
+def test_fairness_matrix_trains_every_shipped_method_config(monkeypatch):
     """bench/fairness_matrix.py's default methods cover every shipped training config of an
     attribute, and each lays its own model name / sampler / fairness section over the recipe."""
     import importlib.util
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))     # as `python bench/X.py` has it: bench/_common
     spec = importlib.util.spec_from_file_location("fairness_matrix", ROOT / "bench" / "fairness_matrix.py")
     matrix = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(matrix)
