@@ -142,7 +142,7 @@ def export_raw_dataset(raw, nnunet_raw, *, dataset_id: int, name: str = "KiTS19F
                        preprocessed=None, overwrite: bool = False, copy: bool = False,
                        progress: bool = True) -> ExportResult:
     """Write (or complete) NNUNET_RAW/DatasetNNN_Name from a KiTS-layout folder; see the module docstring."""
-    from tqdm import tqdm
+    from data.progress import track
 
     raw, nnunet_raw = Path(raw), Path(nnunet_raw)
     try:
@@ -175,7 +175,7 @@ def export_raw_dataset(raw, nnunet_raw, *, dataset_id: int, name: str = "KiTS19F
         path.unlink()
         result.actions["removed"] += 1
     _write_manifest(result.dataset_dir, raw, cohort.metadata_path, scheme, split_path)
-    bar = tqdm(cohort.records, desc="export-nnunet", unit="case", disable=not progress)
+    bar = track(cohort.records, desc="export-nnunet", enabled=progress)
     for record in bar:
         try:
             for action in export_case(record, result.dataset_dir, plan[record.case_id], scheme,
