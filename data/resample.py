@@ -18,6 +18,8 @@ Usage:
     image = resample_image(ct, old_spacing=(5, .8, .8), new_spacing=(3.22, 1.62, 1.62))
     seg = resample_labels(seg, old_spacing=(5, .8, .8), new_spacing=(3.22, 1.62, 1.62))
     logits = resample_image(logits_czyx, ..., order=1)   # channels first is accepted
+    for region, values in resample_image_slabs(probs_czyx, ..., order=1):   # the same, slab by slab
+        labels[region] = values.argmax(0)
 """
 from __future__ import annotations
 
@@ -77,20 +79,22 @@ def _axis_taps(n_in: int, n_out: int, order: int) -> tuple[torch.Tensor, torch.T
     return idx, weights.float()
 
 
-def _resample_axis0(x: torch.Tensor, n_out: int, order: int) -> torch.Tensor:
-    """Resample a (Z, ...) float tensor along its first axis, one output slice at a time."""
+def _resample_axis0(x: torch.Tensor, n_out: int, order: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Resample a (Z, ...) float tensor along its first axis, one output slice at a time; only
+    output slices [start, stop) when given (each slice is computed the same way either way)."""
     n_in = x.shape[0]
+    stop = n_out if stop is None else stop
     if n_in == n_out:
-        return x
+        return x[start:stop]
     idx, w = _axis_taps(n_in, n_out, order)
     if order == 0:
-        return x.index_select(0, idx[:, 0])
-    out = torch.empty((n_out,) + tuple(x.shape[1:]), dtype=x.dtype)
-    for i in range(n_out):
+        return x.index_select(0, idx[start:stop, 0])
+    out = torch.empty((stop - start,) + tuple(x.shape[1:]), dtype=x.dtype)
+    for i in range(start, stop):
         acc = x[idx[i, 0]] * w[i, 0]
         for k in range(1, idx.shape[1]):
             acc.add_(x[idx[i, k]], alpha=float(w[i, k]))
-        out[i] = acc
+        out[i - start] = acc
     return out
 
 
@@ -156,6 +160,31 @@ def resample_image(image: np.ndarray, old_spacing, new_spacing, *, new_shape=Non
     if tuple(image.shape) == new_shape:
         return np.asarray(image, dtype=np.float32)
     return _resample_scalar(image, new_shape, axis, order, order_z).numpy()
+
+
+def resample_image_slabs(channels, old_spacing, new_spacing, *, new_shape=None, order: int = 3,
+                         order_z: int = 0, anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+                         slab_voxels: int = CHUNK_VOXELS):
+    """resample_image of a channels-first (C, Z, Y, X) array, handed over in slabs of the output.
+
+    Yields (region, values): `region` three slices of the output volume, `values` a float32 (C, ...)
+    tensor of the output there, the same numbers resample_image gives. Each channel is resampled
+    in-plane once (at its input size along the axis done last), then that axis slab by slab, so
+    the C full-size outputs never exist at once: a caller that reduces each slab (the argmax of
+    data/writeback.py) needs C in-plane-resampled channels and one slab, not C whole volumes.
+    """
+    shape = tuple(channels.shape[1:])
+    new_shape, axis = _plan(shape, old_spacing, new_spacing, new_shape, anisotropy_threshold)
+    lead = 0 if axis is None else axis
+    moved_shape = (new_shape[lead],) + tuple(s for i, s in enumerate(new_shape) if i != lead)
+    planes = [_resample_inplane(_to_axis0(c, lead), moved_shape[1:], order) for c in channels]
+    along = order if axis is None else order_z
+    step = max(1, slab_voxels // max(1, len(planes) * moved_shape[1] * moved_shape[2]))
+    for start in range(0, moved_shape[0], step):
+        stop = min(moved_shape[0], start + step)
+        values = torch.stack([_resample_axis0(p, moved_shape[0], along, start, stop) for p in planes])
+        region = tuple(slice(start, stop) if i == lead else slice(None) for i in range(3))
+        yield region, (values if lead == 0 else torch.movedim(values, 1, 1 + lead))
 
 
 def resample_labels(labels: np.ndarray, old_spacing, new_spacing, *, new_shape=None, order: int = 1,

@@ -6,11 +6,16 @@ same way in reverse, as nnU-Net does:
     1. class probabilities (C, Z, Y, X) resampled to the cropped original shape with the one
        resampler (data/resample.py): linear, and nearest along the coarse axis when the original
        spacing is anisotropic (ratio > 3);
-    2. argmax per voxel (one class at a time with a running maximum, so only two cropped-size
-       float arrays are alive, not C of them);
-    3. the crop undone: the labels pasted into a zero volume of the original shape at crop_box;
+    2. argmax per voxel (a running maximum over the classes; ties keep the lower class);
+    3. the crop undone: the labels land in a zero volume of the original shape at crop_box;
     4. written as NIfTI with the original label map's affine and header, so it overlays on the
        original CT in 3D Slicer / ITK-SNAP.
+Steps 1-3 go slab by slab along the axis resampled last (data/resample.py resample_image_slabs),
+each slab's labels written straight into the original-shape volume, so no cropped-size float
+array is ever whole. On KiTS19's largest case (1059 x 512 x 512, cropped 1059 x 409 x 510) the
+whole-volume way held four of them at once (0.82 GiB each): the evaluation peaked there at 3.9 GiB
+(bench/largest_case.py); this holds C in-plane-resampled channels (0.13 GiB each there), a slab
+and the uint8 labels, and peaks at 1.5 GiB, the same labels bit for bit.
 
 Usage:
     labels = to_original_geometry(probs, props)            # uint8 (Z, Y, X), original shape
@@ -25,7 +30,7 @@ import torch
 
 from data.errors import CaseError
 from data.nifti import Volume, kits_affine, write_volume
-from data.resample import ANISOTROPY_THRESHOLD, resample_image
+from data.resample import ANISOTROPY_THRESHOLD, resample_image_slabs
 
 
 def to_original_geometry(probs, props: dict, *, anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
@@ -35,19 +40,17 @@ def to_original_geometry(probs, props: dict, *, anisotropy_threshold: float = AN
     if probs.ndim != 4 or tuple(probs.shape[1:]) != tuple(props["resampled_shape"]):
         raise CaseError(case_id, f"prediction shape {tuple(probs.shape)} does not match the cached case "
                         f"(C, {', '.join(map(str, props['resampled_shape']))})")
-    cropped = tuple(props["cropped_shape"])
-    best = labels = None
-    for c in range(probs.shape[0]):
-        channel = resample_image(probs[c], props["spacing"], props["original_spacing"], new_shape=cropped,
-                                 order=1, order_z=0, anisotropy_threshold=anisotropy_threshold)
-        if best is None:
-            best, labels = channel, np.zeros(cropped, np.uint8)
-        else:
-            wins = channel > best  # strict: ties keep the lower class, like argmax
-            best = np.where(wins, channel, best)
-            labels[wins] = c
     full = np.zeros(tuple(props["original_shape"]), np.uint8)
-    full[tuple(slice(a, b) for a, b in props["crop_box"])] = labels
+    labels = full[tuple(slice(a, b) for a, b in props["crop_box"])]  # a view: the crop is undone in place
+    for region, values in resample_image_slabs(probs, props["spacing"], props["original_spacing"],
+                                               new_shape=tuple(props["cropped_shape"]), order=1, order_z=0,
+                                               anisotropy_threshold=anisotropy_threshold):
+        values = values.numpy()   # a fresh slab: its first channel becomes the running maximum
+        best, out = values[0], labels[region]   # out: a view of the zero volume
+        for c in range(1, len(values)):
+            wins = values[c] > best  # strict: ties (and NaN) keep the lower class
+            np.copyto(best, values[c], where=wins)
+            out[wins] = c
     return full
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from data.resample import resample_image, resample_labels, resampled_shape, separate_axis
+from data.resample import resample_image, resample_image_slabs, resample_labels, resampled_shape, separate_axis
 
 
 def centre_coords(old_shape, new_shape):
@@ -108,3 +108,28 @@ def test_identity_and_channels_first():
     half = resample_image(img, (1, 1, 1), (1, 2, 2), order=1)
     assert half.shape == (2, 4, 2, 3)
     np.testing.assert_allclose(half[1], resample_image(img[1], (1, 1, 1), (1, 2, 2), order=1))
+
+
+@pytest.mark.parametrize("old, new, order", [
+    ((1.0, 1.0, 1.0), (0.6, 0.7, 1.3), 1),   # isotropic: every axis linear, z done last
+    ((1.0, 1.0, 1.0), (0.6, 0.7, 1.3), 3),
+    ((5.0, 0.8, 0.8), (3.22, 1.62, 1.62), 1),  # anisotropic z: nearest along z, done last
+    ((0.8, 0.8, 4.0), (1.5, 1.5, 2.0), 1),   # anisotropic x: x done last, so slabs are ranges of x
+    ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 1),   # same grid
+])
+def test_slabs_are_resample_image_exactly(old, new, order):
+    """resample_image_slabs hands over the very numbers resample_image computes, slab by slab,
+    whatever the slab size (1 voxel: one output slice per slab)."""
+    rng = np.random.default_rng(3)
+    channels = rng.random((3, 7, 9, 8)).astype(np.float32)
+    whole = resample_image(channels, old, new, order=order, order_z=0)
+    for slab_voxels in (1, 200, 10 ** 6):
+        out = np.full(whole.shape, np.nan, np.float32)
+        regions = []
+        for region, values in resample_image_slabs(channels, old, new, order=order, order_z=0,
+                                                   slab_voxels=slab_voxels):
+            out[(slice(None),) + region] = values.numpy()
+            regions.append(region)
+        np.testing.assert_array_equal(out, whole)  # bit for bit, and every voxel written
+        if slab_voxels == 1:  # one output slice per slab, along the axis done last (the separate one, else z)
+            assert len(regions) == whole.shape[1 + (separate_axis(old, new) or 0)]

@@ -131,6 +131,44 @@ def test_the_box_around_the_masks_gives_the_whole_grid_answer():
     assert np.allclose(np.sort(to_ref), np.sort(to_ref_cut)) and np.allclose(np.sort(to_pred), np.sort(to_pred_cut))
 
 
+def test_distances_are_the_full_distance_maps_values_bit_for_bit():
+    """The distances are taken at the surface voxels from the feature transform alone; they must be
+    what the whole distance map (distance_transform_edt, the way they were computed before) holds
+    there, to the last bit, in the same order: NSD, HD95 and ASSD are then unchanged too."""
+    from scipy import ndimage
+
+    from fairness.surface import _nearest_distances, _surface
+
+    rng = np.random.default_rng(5)
+    for trial in range(8):
+        shape = (int(rng.integers(18, 40)), int(rng.integers(5, 30)), int(rng.integers(5, 30)))
+        spacing = tuple(float(s) for s in rng.choice([0.5, 0.8105469, 0.7, 1.62, 3.0], 3))
+        blobs = [ndimage.gaussian_filter(rng.random(shape), 2) for _ in range(2)]
+        pred, ref = [b > np.quantile(b, rng.uniform(0.6, 0.95)) for b in blobs]
+        pred[tuple(int(rng.integers(0, s)) for s in shape)] = True       # a far false positive
+        s_pred, s_ref = _surface(pred), _surface(ref)
+        expected = ndimage.distance_transform_edt(~s_ref, sampling=spacing)[s_pred]
+        for rows in (1, 3, 16):                                           # a few rows at a time, or one
+            np.testing.assert_array_equal(_nearest_distances(s_ref, s_pred, spacing, rows=rows), expected)
+
+
+def test_a_case_is_scored_in_its_kidney_box_with_the_whole_grid_answer():
+    """kits_case_surface crops both label maps to the kidney box first; the numbers are those of
+    the whole-grid masks, a speck at the grid's border included."""
+    rng = np.random.default_rng(2)
+    ref = np.zeros((30, 40, 36), np.uint8)
+    ref[8:20, 10:25, 12:30] = 1
+    ref[10:15, 12:18, 14:20] = 2
+    pred = np.roll(ref, 1, axis=2)
+    pred[29, 39, 0] = 2                                                  # a false positive in a corner
+    pred[rng.random(ref.shape) < 0.001] = 1
+    spacing = (2.5, 0.8, 0.8)
+    got = kits_case_surface(pred, ref, spacing)
+    for cls, p, r in (("kidney", pred > 0, ref > 0), ("tumor", pred == 2, ref == 2)):
+        whole = surface_metrics(p, r, spacing)
+        assert all(got[f"{m}_{cls}"] == whole[m] for m in ("nsd", "hd95", "assd"))
+
+
 def test_bad_arguments_say_what_is_wrong():
     m = box((6, 6, 6), (1, 1, 1), (4, 4, 4))
     with pytest.raises(ValueError, match="spacing"):

@@ -92,6 +92,44 @@ def test_argmax_after_resampling_keeps_the_most_probable_class():
     assert labels.sum() == inner.sum()
 
 
+@pytest.mark.parametrize("spacing, original_spacing", [
+    ((1.0, 1.0, 1.0), (0.6, 0.7, 0.8)),      # isotropic: linear on every axis
+    ((3.22, 1.62, 1.62), (5.0, 0.8, 0.8)),   # anisotropic z: nearest along z
+    ((1.5, 1.5, 2.0), (0.8, 0.8, 4.0)),      # anisotropic x: slabs are ranges of x
+    ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),      # same grid
+])
+@pytest.mark.parametrize("slab_voxels", [1, None])
+def test_slab_by_slab_write_back_equals_the_whole_volume_argmax(monkeypatch, spacing, original_spacing, slab_voxels):
+    """The write-back (slab by slab) gives the labels of the whole-volume way it replaced: every
+    class resampled to the cropped shape with resample_image, argmax (ties: the lower class),
+    pasted at the crop box."""
+    import functools
+
+    import data.writeback as writeback
+    from data.resample import resample_image, resample_image_slabs
+
+    if slab_voxels is not None:  # one output slice per slab
+        monkeypatch.setattr(writeback, "resample_image_slabs",
+                            functools.partial(resample_image_slabs, slab_voxels=slab_voxels))
+    rng = np.random.default_rng(7)
+    cropped = (9, 11, 10) if spacing != original_spacing else (6, 8, 7)
+    props = {"case_id": "c", "resampled_shape": [6, 8, 7], "cropped_shape": list(cropped),
+             "original_shape": [12, 15, 13], "crop_box": [[2, 2 + cropped[0]], [1, 1 + cropped[1]], [3, 3 + cropped[2]]],
+             "spacing": list(spacing), "original_spacing": list(original_spacing)}
+    logits = rng.normal(size=(3, 6, 8, 7)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    probs[2, :, :4] = probs[1, :, :4]  # exact ties between kidney and tumor: kidney must win
+    labels = to_original_geometry(probs, props)
+
+    whole = resample_image(probs, spacing, original_spacing, new_shape=cropped, order=1, order_z=0)
+    expected = np.zeros(props["original_shape"], np.uint8)
+    expected[tuple(slice(a, b) for a, b in props["crop_box"])] = np.argmax(whole, axis=0)
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
+    tied = (whole[1] == whole[2]) & (whole[1] > whole[0])
+    assert tied.any() and not (labels[tuple(slice(a, b) for a, b in props["crop_box"])][tied] == 2).any()
+
+
 def test_a_prediction_of_the_wrong_shape_names_the_case():
     props = {"case_id": "case_00007", "resampled_shape": [4, 6, 6]}
     with pytest.raises(Exception, match="case_00007.*does not match"):
