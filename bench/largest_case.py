@@ -14,13 +14,13 @@ peaks at no more than 3x that (3.33 GB resident). The bench makes what it needs 
 
 then measures, each in a fresh process:
 
-    e2e      `evaluate.py --ckpt RUN/last.pt --data WORK/raw` exactly as a user runs it (imported
-             and called through evaluate.main, so the bench can time its phases): preprocessing of
+    e2e      `evaluate.py --ckpt RUN/last.pt --data WORK/raw` exactly as a user runs it (the
+             command itself, run with runpy as __main__ in the measured process): preprocessing of
              the case into the evaluation's cache, reading the cache, reading the reference, the
              sliding-window prediction (models/inference.py), the write-back to the original
              geometry (data/writeback.py), writing the NIfTI, Dice (fairness/case_dice.py), and the
-             tables and figures. Each phase is a wrapper around the library function evaluate.py
-             calls (nothing in the library is changed); at the start of each phase the process's
+             tables. Each phase is a wrapper around the library function evaluate.py calls
+             (nothing in the library is changed); at the start of each phase the process's
              peak-RSS mark is reset (/proc/self/clear_refs, "5"), so the VmHWM read at its end is
              that phase's own peak. The overall peak is the largest of all readings (taken before
              every reset); the parent also samples the child's VmRSS every 20 ms as a cross-check.
@@ -144,11 +144,13 @@ class PhaseMeter:
 
 def child_e2e(args) -> None:
     """evaluate.py --ckpt ... --data WORK/raw, its phases timed through wrappers."""
+    import runpy
+
     import torch
     torch.set_num_threads(args.threads)
     import data.preprocessing
     import engine.scoring
-    import evaluate
+    import fairness.report
     import models.checkpoint
 
     meter = PhaseMeter()
@@ -163,14 +165,20 @@ def child_e2e(args) -> None:
             (engine.scoring, "to_original_geometry", "write-back to the original geometry"),
             (engine.scoring, "write_prediction", "write the NIfTI"),
             (engine.scoring, "kits_case_dice", "score: Dice"),
-            (evaluate, "write_reports", "tables, figures, TensorBoard")):
+            (fairness.report, "group_report", "tables (bootstrap CIs, tests)")):
         setattr(module, name, meter.wrap(label, getattr(module, name)))
     out = Path(args.workdir) / "eval"
     shutil.rmtree(out, ignore_errors=True)   # a fresh evaluation: nothing reused from an earlier run
     argv = ["--ckpt", str(args.ckpt), "--data", str(Path(args.workdir) / "raw"), "--out", str(out),
             "--group", "sex", "--no-progress", "--device", args.device]
+    # the command itself (its __main__ block), in this process, so the wrappers see its calls
+    sys.argv = ["evaluate.py", *argv]
     t0, c0 = time.perf_counter(), time.process_time()
-    code = evaluate.main(argv)
+    try:
+        runpy.run_path(str(REPO / "evaluate.py"), run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if code != 0:
         raise SystemExit(f"error: evaluate.py {' '.join(argv)} exited {code}")
@@ -398,8 +406,8 @@ def print_e2e(r: dict, raw_f32: int) -> dict:
         accounted += p["seconds"]
         print(f"{p['phase']:<40} {p['seconds']:>8.1f} {p['cpu_seconds']:>7.1f} {gib(p['rss_start']):>13} "
               f"{gib(p['peak_rss']):>9} {p['peak_rss'] / raw_f32:>14.2f}x")
-    print(f"{'other (arguments, split, group columns)':<40} {r['seconds'] - accounted:>8.1f}")
-    print(f"{'evaluate.main, total':<40} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} "
+    print(f"{'other (figures, files, split, arguments)':<40} {r['seconds'] - accounted:>8.1f}")
+    print(f"{'evaluate.py, total':<40} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} "
           f"{gib(r['rss_imports']):>13} {gib(r['peak_rss']):>9} {r['peak_rss'] / raw_f32:>14.2f}x")
     worst = max(phases, key=lambda p: p["peak_rss"])
     print(f"(RSS at start: resident when the phase began, i.e. what earlier phases left; 'total' row: RSS after "
