@@ -267,6 +267,7 @@ def train_run(args) -> int:
 
     # --- fit ---------------------------------------------------------------------------------------
     trainer.fit(run_dir, writer)
+    trainer.close()
 
     # --- the test split: per-case Dice and the study's group tables --------------------------------
     if is_main:

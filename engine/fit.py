@@ -192,6 +192,11 @@ class Trainer:
                 self.boundary = (epoch_done, cpu_clone(self.state(epoch_done)))
             barrier(env.distributed)
 
+    def close(self) -> None:
+        """End the loader's persistent workers now: the training is over, and they would otherwise live
+        until the process exits (one set per run of a batch, and shielded from SIGTERM)."""
+        self.loader = None   # its iterator goes with it, and shuts its workers down in order
+
     def train_epoch(self, epoch: int, writer, run_start: float) -> None:
         tc, world = self.tc, self.env.world
         self.sampler.set_epoch(epoch)

@@ -21,12 +21,17 @@ and in the work:
 Helper processes (DataLoader workers: `worker_init_fn=shield_worker`) ignore both signals: Ctrl-C in
 a terminal and SLURM's scancel signal the whole process group, and a worker killed by them would
 make PyTorch raise in the main process in the middle of its saving. The main process answers
-for all; once it has said what is kept, `report` ends the helpers (they ignore SIGTERM, the signal
-multiprocessing would end them with at exit).
+for all; once it has said what is kept, `report` ends the helpers. Because they ignore SIGTERM, the
+signal multiprocessing ends leftover helpers with at exit, `install` also registers `end_helpers`
+to run at exit before multiprocessing's own join: without it, a process whose loader was never
+closed (an error, a reference kept alive) would wait for its worker forever. Work that owns
+helpers still closes them when it is done (engine/fit.py's `Trainer.close`).
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit hook registered first, so ours runs before it)
 import signal
 import sys
 import traceback
@@ -56,6 +61,8 @@ def install() -> None:
     """Route SIGINT and SIGTERM to Interrupted (the main thread of an entry point only)."""
     for sig in SIGNALS:
         signal.signal(sig, _raise)
+    atexit.unregister(end_helpers)
+    atexit.register(end_helpers)
 
 
 def shield_worker(_worker_id: int | None = None) -> None:
@@ -83,9 +90,17 @@ def report(exc: BaseException, *, debug: bool = False) -> int:
     except Exception as err:  # noqa: BLE001 - the line must come out whatever the handler hit
         said = f"(could not say what is kept: {err})"
     print(f"interrupted ({exc.name})" + (f" {said}" if said else ""), file=sys.stderr, flush=True)
-    if hasattr(signal, "SIGCHLD"):       # PyTorch's loader would call a killed worker an error
+    end_helpers()
+    return exc.code
+
+
+def end_helpers() -> int:
+    """Kill the helper processes still alive (shielded ones ignore SIGTERM; nothing of theirs is kept);
+    how many there were."""
+    children = multiprocessing.active_children()
+    if children and hasattr(signal, "SIGCHLD"):   # PyTorch's loader would call a killed worker an error
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in multiprocessing.active_children():   # shielded helpers: nothing of theirs is kept
+    for child in children:
         child.kill()
         child.join(timeout=5)
-    return exc.code
+    return len(children)

@@ -263,6 +263,36 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves_the_
     assert load_checkpoint(run / "last.pt")["epoch"] == 4
 
 
+def test_a_finished_run_with_loader_workers_exits(cohort):
+    """Shielded workers ignore the SIGTERM multiprocessing ends leftover children with at exit: a run
+    that left them alive would wait for them forever after its last line. The loader is closed after
+    training, so the run ends at once."""
+    cmd = [sys.executable, str(ROOT / "train.py"),
+           *tiny_args(cohort, "workers_exit", epochs=2, extra=["train.workers=1"])]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert (cohort / "runs" / "workers_exit" / "eval" / "per_case.csv").is_file()
+
+
+def test_a_shielded_helper_left_alive_does_not_hold_the_exit(tmp_path):
+    """The safety net: an entry point that never closed its helpers (an error, a reference kept
+    alive) still exits; without `end_helpers` at exit it waits for the helper forever."""
+    script = tmp_path / "left_alive.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from engine.interrupts import install, shield_worker\n"
+        "def helper():\n    shield_worker()\n    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    install()\n"
+        "    p = multiprocessing.Process(target=helper, daemon=True)\n    p.start()\n"
+        "    print(p.pid, flush=True)\n    sys.exit(2)\n")
+    out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    helper = int(out.stdout.split()[0])
+    assert not Path(f"/proc/{helper}").exists() or "Z" in Path(f"/proc/{helper}/stat").read_text().split()[2]
+
+
 def test_ctrl_c_in_preprocessing_with_workers_is_one_line_and_the_rerun_finishes(tmp_path):
     raw = write_tiny_cohort(tmp_path / "raw", n_cases=12, shape=(32, 120, 120), spacing=(4.0, 0.8, 0.8))
     cache = tmp_path / "cache"
