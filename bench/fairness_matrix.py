@@ -79,6 +79,9 @@ DEFAULT_METHODS = ["baseline", "resm", "stratified", "fairmeta", "fairdro", "dmo
                    "plain_moe_dro", "unet", "vnet", "attention_unet"]
 # the model keys a method's config may change; widths stay the recipe's so only the design differs
 MODEL_KEYS = ("name", "deep_supervision")
+# stratified batches need a batch divisible by the groups: the study's batch 4 (one case per age group)
+# where the recipe's 2 does not divide; the same epochs, so the same patches seen, in half the steps
+BATCH_OVERRIDES = {("stratified", "age"): ["train.batch_size=4"]}
 
 
 def method_overrides(spec: str, attribute: str) -> list[str]:
@@ -107,7 +110,8 @@ def train_run(method: str, seed: int, args) -> Path:
         what = "continuing"
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
-        for s in common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute):
+        for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute)
+                  + BATCH_OVERRIDES.get((method, args.attribute), [])):
             cmd += ["--set", s]
         what = "training"
     print(f"== {method} seed {seed}: {what} {args.epochs} epochs (log {log})", flush=True)

@@ -1,0 +1,240 @@
+"""README's evidence tables ("What the tool finds on its benchmark"), read from the folders that
+bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
+
+    python bench/evidence_report.py                        # bench/out/matrix_sex, matrix_age, matrix_hidden, real_anatomy
+    python bench/evidence_report.py --out bench/out/evidence.md
+    python bench/evidence_report.py --sex DIR --age '' --hidden '' --real ''   # one folder; '' skips a part
+
+Per method, over the seeds found (each table says how many):
+  - the study's table form: Dice kidney / tumor / mean, SD and SER as mean ± std over seeds, and the
+    mean Dice as a share of the baseline's;
+  - the gap of the class the planted bias acts on, with one permutation p per method: the test is
+    run on the per-case Dice averaged over the seeds (the test split is the same for every seed), so
+    training noise is averaged out before the groups are compared (fairness/significance.py);
+  - the paired Δ against the baseline over the same test cases, with its bootstrap CI and Holm's
+    correction over the methods (fairness_matrix.py's paired_<class>.csv and compare/compare.csv);
+  - the twin effect: Dice of the affected test cases' unbiased twins minus their own, averaged
+    over the cases and seeds (what the planted mechanism still costs that model at test time).
+For the real-anatomy cohort: the raw and case-mix adjusted sex and age gaps, beside the study's
+Table 1 and Table 4 figures (SPEC §1).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fairness.report import format_p, to_markdown  # noqa: E402
+from fairness.significance import significance  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+ORDER = {"sex": ["male", "female"], "age": None}
+CONFIG_NAMES = {"baseline": "nnU-Net baseline", "resm": "RESM", "stratified": "stratified batches",
+                "fairmeta": "fair meta-learning", "fairdro": "FairDRO", "dmoe_only": "FairDRO: dMoE only",
+                "dro_only": "FairDRO: DRO only", "plain_moe_dro": "FairDRO: plain MoE + DRO", "unet": "U-Net",
+                "vnet": "V-Net", "attention_unet": "Attention U-Net"}
+# SPEC §1, the study on real KiTS19 CT: the baseline's Table 1 and the architectures of Table 4
+STUDY = {"baseline": {"kidney": 94.9, "tumor": 78.0, "mean": 86.5, "male": 84.2, "female": 88.9,
+                      "SD sex": 2.32, "SER sex": 1.42, "SD age": 3.22, "SER age": 2.08},
+         "attention_unet": {"kidney": 94.8, "tumor": 75.6, "mean": 85.2, "SD sex": 0.40, "SER sex": 1.06,
+                            "SD age": 1.66, "SER age": 1.31}}
+
+
+def pm(values: pd.Series, digits: int = 1) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def signed(value: float, digits: int = 1) -> str:
+    return "-" if pd.isna(value) else f"{value:+.{digits}f}"
+
+
+def name(method: str) -> str:
+    return CONFIG_NAMES.get(method, method)
+
+
+def read_runs(folder: Path, attribute: str = "") -> pd.DataFrame:
+    path = folder / (f"runs_{attribute}.csv" if attribute else "runs.csv")
+    if not path.is_file():
+        raise SystemExit(f"error: {path} is missing: run bench/fairness_matrix.py with --out {folder} first")
+    return pd.read_csv(path)
+
+
+def pooled_cases(folder: Path, method: str, seeds) -> pd.DataFrame:
+    """Per-case Dice averaged over a method's seeds (metadata and volumes from the first seed's table)."""
+    frames = [pd.read_csv(folder / "runs" / method / f"seed{s}" / "eval" / "per_case.csv").set_index("case_id")
+              for s in seeds]
+    pooled = frames[0].copy()
+    for part in ("kidney", "tumor", "mean"):
+        pooled[part] = pd.concat([f[part] for f in frames], axis=1).mean(axis=1)
+    return pooled.reset_index()
+
+
+def pooled_test(folder: Path, method: str, seeds, attribute: str) -> dict:
+    """The gaps of the seed-averaged per-case Dice with permutation p and the adjusted mean-Dice gap,
+    signed first minus second group for two groups, best minus worst otherwise."""
+    cases = pooled_cases(folder, method, seeds)
+    sig = significance(cases, attribute, order=ORDER[attribute], n_perm=5000, seed=0)
+    means = cases.groupby(attribute)[["kidney", "tumor", "mean"]].mean()
+    out = {}
+    for part, key in (("mean", "gap"), ("kidney", "kidney_gap"), ("tumor", "tumor_gap")):
+        if ORDER[attribute]:
+            first, second = ORDER[attribute]
+            out[part] = 100 * (means.loc[first, part] - means.loc[second, part])
+        else:
+            out[part] = 100 * sig[key]
+        out[f"{part} p"] = sig[f"{key}_p"]
+    sign = -1.0 if ORDER[attribute] and out["mean"] < 0 else 1.0
+    lo, hi = sorted((sign * 100 * sig["gap_adjusted_lo"], sign * 100 * sig["gap_adjusted_hi"]))
+    out.update({"adj": sign * 100 * sig["gap_adjusted"], "adj lo": lo, "adj hi": hi})
+    return out
+
+
+def paired(folder: Path, part: str) -> pd.DataFrame:
+    """Paired Δ against the baseline: compare/compare.csv for the mean Dice, paired_<part>.csv otherwise."""
+    path = folder / "compare" / "compare.csv" if part == "mean" else folder / f"paired_{part}.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    return pd.read_csv(path, index_col=0)
+
+
+def delta_cell(deltas: pd.DataFrame, method: str, stat: str = "sd", digits: int = 2) -> str:
+    if method not in deltas.index or pd.isna(deltas.loc[method].get(f"delta_{stat}", np.nan)):
+        return "-"
+    row = deltas.loc[method]
+    holm = row["p_holm"] if stat == "sd" else row["p_holm_mean"] if stat == "mean" else row[f"p_{stat}"]
+    return (f"{row[f'delta_{stat}']:+.{digits}f} [{row[f'delta_{stat}_lo']:+.{digits}f}, "
+            f"{row[f'delta_{stat}_hi']:+.{digits}f}] p {format_p(holm)}")
+
+
+def study_form(runs: pd.DataFrame, groups: list) -> pd.DataFrame:
+    """The study's Tables 2-4: Dice and fairness, mean ± std over seeds, % of the baseline's mean Dice."""
+    base = runs.loc[runs["method"] == "baseline", "mean"].mean()
+    rows = {}
+    for method, r in runs.groupby("method", sort=False):
+        row = {"seeds": len(r), "kidney": pm(r["kidney"]), "tumor": pm(r["tumor"]), "mean": pm(r["mean"]),
+               "% of baseline": f"{100 * r['mean'].mean() / base:.0f}" if pd.notna(base) else "-"}
+        row.update({str(g): pm(r[str(g)]) for g in groups})
+        row.update({"SD": pm(r["SD"], 2), "SER": pm(r["SER"], 2)})
+        rows[name(method)] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
+    """The claim on the planted class `part`: its gap (seed-pooled permutation p), the paired Δ of its
+    SD and of the mean Dice's SD against the baseline (Holm), and the twin effect on it."""
+    deltas, deltas_mean = paired(folder, part), paired(folder, "mean")
+    rows = {}
+    for method, r in runs.groupby("method", sort=False):
+        test = pooled_test(folder, method, r["seed"].tolist(), attribute)
+        row = {f"{part} gap": f"{pm(r[f'{part} gap'])} (p {format_p(test[f'{part} p'])})",
+               f"Δ {part} SD vs baseline": delta_cell(deltas, method),
+               "Δ mean-Dice SD vs baseline": delta_cell(deltas_mean, method),
+               "Δ mean Dice vs baseline": delta_cell(deltas_mean, method, "mean", 1)}
+        if f"twin effect {part}" in r:
+            row[f"twin effect ({part})"] = pm(r[f"twin effect {part}"])
+        if "affected" in r:
+            row["affected cases' mean Dice"] = pm(r["affected"])
+        rows[name(method)] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def hidden_table(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """FairDRO's own claim on the `hidden` preset: worst group, within-group CVaR, the hidden members."""
+    deltas = paired(folder, "mean")
+    rows = {}
+    for method, r in runs.groupby("method", sort=False):
+        rows[name(method)] = {"seeds": len(r), "mean": pm(r["mean"]), "worst group": pm(r["worst"]),
+                              "worst CVaR20": pm(r["worst CVaR20"]), "ES-Dice": pm(r["ES-Dice"]),
+                              "hidden members": pm(r["affected"]) if "affected" in r else "-",
+                              "twin effect (members)": pm(r["twin effect mean"]) if "twin effect mean" in r else "-",
+                              "Δ worst group vs baseline": delta_cell(deltas, method, "worst", 1)}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def real_table(folder: Path) -> pd.DataFrame:
+    """Real anatomy, no planted bias: raw and adjusted sex and age gaps beside the study's."""
+    by = {"sex": read_runs(folder), "age": read_runs(folder, "age")}
+    rows = {}
+    for method, r in by["sex"].groupby("method", sort=False):
+        seeds = r["seed"].tolist()
+        sex, age = pooled_test(folder, method, seeds, "sex"), pooled_test(folder, method, seeds, "age")
+        a = by["age"][by["age"]["method"] == method]
+        rows[f"{name(method)} ({len(r)} seeds)"] = {
+            "kidney": pm(r["kidney"]), "tumor": pm(r["tumor"]), "mean": pm(r["mean"]),
+            "male": pm(r["male"]), "female": pm(r["female"]), "SD sex": pm(r["SD"], 2), "SER sex": pm(r["SER"], 2),
+            "gap m − f (p)": f"{signed(sex['mean'])} ({format_p(sex['mean p'])})",
+            "adjusted m − f [95% CI]": f"{signed(sex['adj'])} [{signed(sex['adj lo'])}, {signed(sex['adj hi'])}]",
+            "SD age": pm(a["SD"], 2), "SER age": pm(a["SER"], 2),
+            "age gap best − worst (p)": f"{age['mean']:.1f} ({format_p(age['mean p'])})",
+            "adjusted age gap [95% CI]": f"{signed(age['adj'])} [{signed(age['adj lo'])}, {signed(age['adj hi'])}]"}
+        if method in STUDY:
+            s = STUDY[method]
+            rows[f"{name(method)}, study (real CT)"] = {
+                k: (f"{s[k]:.2f}" if k.startswith(("SD", "SER")) else f"{s[k]:.1f}") if k in s else "-"
+                for k in rows[f"{name(method)} ({len(r)} seeds)"]}
+            if "male" in s:
+                rows[f"{name(method)}, study (real CT)"]["gap m − f (p)"] = f"{s['male'] - s['female']:+.1f}"
+                rows[f"{name(method)}, study (real CT)"]["age gap best − worst (p)"] = f"{91.8 - 82.8:.1f}"
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def seeds_line(runs: pd.DataFrame) -> str:
+    counts = runs.groupby("method", sort=False)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
+    return "seeds per method: " + "; ".join(f"{name(m)} {s}" for m, s in counts.items())
+
+
+def sections(args) -> list[str]:
+    out = []
+    if args.sex:
+        runs = read_runs(args.sex)
+        out += [f"### Sex: `poor_protocol_female` ({seeds_line(runs)})",
+                to_markdown(study_form(runs, ["male", "female"])),
+                to_markdown(evidence(args.sex, runs, "sex", "kidney"))]
+    if args.age:
+        runs = read_runs(args.age)
+        groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
+        out += [f"### Age: `small_tumors_young` ({seeds_line(runs)})",
+                to_markdown(study_form(runs, groups)), to_markdown(evidence(args.age, runs, "age", "tumor"))]
+    if args.hidden:
+        runs = read_runs(args.hidden)
+        out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs))]
+    if args.real:
+        out += [f"### Real anatomy ({seeds_line(read_runs(args.real))})", to_markdown(real_table(args.real))]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    folder = lambda s: Path(s) if s else None  # noqa: E731  ('' skips a part)
+    p.add_argument("--sex", type=folder, default=OUT / "matrix_sex")
+    p.add_argument("--age", type=folder, default=OUT / "matrix_age")
+    p.add_argument("--hidden", type=folder, default=OUT / "matrix_hidden")
+    p.add_argument("--real", type=folder, default=OUT / "real_anatomy")
+    p.add_argument("--out", type=Path, help="also write the Markdown here")
+    args = p.parse_args(argv)
+    text = "\n".join(sections(args))
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
