@@ -72,6 +72,7 @@ METHODS = {
     "attention_unet": "attention_unet.yaml",
     # variants, not in the default list
     "fairmeta_image": "fairmeta_ATTR.yaml fairness.fairmeta.input=image",  # control: L_cls cannot reach the segmenter
+    "fairmeta_adversarial": "fairmeta_ATTR.yaml fairness.fairmeta.adversarial=true",  # the segmenter works against L_cls
     "fairdro_study": "fairdro_ATTR.yaml fairness.dro.warmup=0.0",            # DRO from the first step
     "dro_only_study": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR fairness.dro.warmup=0.0",
 }
