@@ -28,7 +28,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data.atomic import write_figure  # noqa: E402
+from fairness.figures import tradeoff_plot  # noqa: E402
 from fairness.report import format_p, to_markdown  # noqa: E402
+from fairness.summary import fairness_summary  # noqa: E402
 from fairness.significance import significance  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -195,6 +198,24 @@ def real_table(folder: Path) -> pd.DataFrame:
     return out
 
 
+def class_tradeoff(folder: Path, runs: pd.DataFrame, attribute: str, part: str, path: Path) -> None:
+    """The trade-off figure with the fairness of one class (SD and SER of its group means, per seed)
+    against the mean Dice: a bias planted in one class can hide in the mean's fairness."""
+    rows = {}
+    for method, r in runs.groupby("method", sort=False):
+        figures = []
+        for seed in r["seed"]:
+            cases = pd.read_csv(folder / "runs" / method / f"seed{seed}" / "eval" / "per_case.csv")
+            figures.append(fairness_summary(cases.groupby(attribute)[part].mean().to_dict(), scale="fraction"))
+        sd, ser = pd.Series([100 * f["sd"] for f in figures]), pd.Series([f["ser"] for f in figures])
+        rows[method] = {"mean": r["mean"].mean(), "mean_std": r["mean"].std(ddof=1), f"sd_{attribute}": sd.mean(),
+                        f"sd_{attribute}_std": sd.std(ddof=1), f"ser_{attribute}": ser.mean(),
+                        f"ser_{attribute}_std": ser.std(ddof=1)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    write_figure(path, tradeoff_plot(table, attribute, fairness_of=part, title=(
+        f"Mean Dice against the fairness of the {part} Dice by {attribute} (mean ± std over seeds)")))
+
+
 def seeds_line(runs: pd.DataFrame) -> str:
     counts = runs.groupby("method", sort=False)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
     return "seeds per method: " + "; ".join(f"{name(m)} {s}" for m, s in counts.items())
@@ -207,6 +228,8 @@ def sections(args) -> list[str]:
         out += [f"### Sex: `poor_protocol_female` ({seeds_line(runs)})",
                 to_markdown(study_form(runs, ["male", "female"])),
                 to_markdown(evidence(args.sex, runs, "sex", "kidney"))]
+        if args.figure:
+            class_tradeoff(args.sex, runs, "sex", "kidney", args.figure)
     if args.age:
         runs = read_runs(args.age)
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
@@ -228,6 +251,7 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=folder, default=OUT / "matrix_hidden")
     p.add_argument("--real", type=folder, default=OUT / "real_anatomy")
     p.add_argument("--out", type=Path, help="also write the Markdown here")
+    p.add_argument("--figure", type=Path, help="write the sex matrix's trade-off figure on the kidney Dice here (PNG)")
     args = p.parse_args(argv)
     text = "\n".join(sections(args))
     print(text)

@@ -57,17 +57,20 @@ def group_boxplot(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Has
     return fig
 
 
-def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = "", metric=DICE):
+def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = "", metric=DICE, fairness_of: str = ""):
     """compare: fairness.report.compare_table (Dice and SD in %, SER unitless, *_std over seeds;
-    another metric: its unit, and for a distance the best method is the lowest)."""
+    another metric: its unit, and for a distance the best method is the lowest). fairness_of names
+    the class the SD and SER columns were computed on when it is not the mean (e.g. "kidney")."""
     plt = _pyplot()
     m = get_metric(metric)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     dice, dice_std = compare["mean"].to_numpy(float), compare["mean_std"].to_numpy(float)
     pick = np.nanargmax if m.higher_is_better else np.nanargmin
     best = int(pick(dice)) if np.isfinite(dice).any() else None
-    for ax, figure, label in ((axes[0], f"sd_{attribute}", f"SD of group mean {m.label} by {attribute} ({m.unit})"),
-                              (axes[1], f"ser_{attribute}", f"SER by {attribute}")):
+    of = f"{fairness_of} " if fairness_of else ""
+    for ax, figure, label in ((axes[0], f"sd_{attribute}", f"SD of group mean {of}{m.label} by {attribute} ({m.unit})"),
+                              (axes[1], f"ser_{attribute}", f"SER of {of}{m.label} by {attribute}" if of
+                               else f"SER by {attribute}")):
         unfair, unfair_std = compare[figure].to_numpy(float), compare[f"{figure}_std"].to_numpy(float)
         front = pareto_front(dice, unfair, higher_is_better=m.higher_is_better)
         ax.errorbar(unfair, dice, xerr=np.nan_to_num(unfair_std), yerr=np.nan_to_num(dice_std), fmt="o",
