@@ -198,6 +198,16 @@ def real_table(folder: Path) -> pd.DataFrame:
     return out
 
 
+def paired_seeds(folder: Path) -> str:
+    """Which seeds the paired Δ columns cover: they are written when a matrix command finishes."""
+    compare = paired(folder, "mean")
+    if compare.empty or "seeds" not in compare:
+        return "paired Δ: none yet (written when a matrix command finishes)"
+    counts = sorted(set(compare["seeds"].astype(int)))
+    return (f"paired Δ over {' or '.join(map(str, counts))} seed(s) per method: the last finished matrix "
+            f"command's (the table above may hold more)")
+
+
 def class_tradeoff(folder: Path, runs: pd.DataFrame, attribute: str, part: str, path: Path) -> None:
     """The trade-off figure with the fairness of one class (SD and SER of its group means, per seed)
     against the mean Dice: a bias planted in one class can hide in the mean's fairness."""
@@ -227,17 +237,19 @@ def sections(args) -> list[str]:
         runs = read_runs(args.sex)
         out += [f"### Sex: `poor_protocol_female` ({seeds_line(runs)})",
                 to_markdown(study_form(runs, ["male", "female"])),
-                to_markdown(evidence(args.sex, runs, "sex", "kidney"))]
+                to_markdown(evidence(args.sex, runs, "sex", "kidney")), paired_seeds(args.sex) + "\n"]
         if args.figure:
             class_tradeoff(args.sex, runs, "sex", "kidney", args.figure)
     if args.age:
         runs = read_runs(args.age)
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
         out += [f"### Age: `small_tumors_young` ({seeds_line(runs)})",
-                to_markdown(study_form(runs, groups)), to_markdown(evidence(args.age, runs, "age", "tumor"))]
+                to_markdown(study_form(runs, groups)), to_markdown(evidence(args.age, runs, "age", "tumor")),
+                paired_seeds(args.age) + "\n"]
     if args.hidden:
         runs = read_runs(args.hidden)
-        out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs))]
+        out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs)),
+                paired_seeds(args.hidden) + "\n"]
     if args.real:
         out += [f"### Real anatomy ({seeds_line(read_runs(args.real))})", to_markdown(real_table(args.real))]
     return out
