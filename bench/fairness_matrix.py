@@ -73,6 +73,8 @@ METHODS = {
     # variants, not in the default list
     "fairmeta_image": "fairmeta_ATTR.yaml fairness.fairmeta.input=image",  # control: L_cls cannot reach the segmenter
     "fairmeta_adversarial": "fairmeta_ATTR.yaml fairness.fairmeta.adversarial=true",  # the segmenter works against L_cls
+    "fairmeta_warmup": "fairmeta_ATTR.yaml fairness.fairmeta.cls_warmup=0.5",     # lever: L_cls ramps in over half the run
+    "fairmeta_beta05": "fairmeta_ATTR.yaml fairness.fairmeta.cls_weight=0.5",     # lever: a quarter of the study's beta
     "fairdro_study": "fairdro_ATTR.yaml fairness.dro.warmup=0.0",            # DRO from the first step
     "dro_only_study": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR fairness.dro.warmup=0.0",
 }
