@@ -39,7 +39,10 @@ ORDER = {"sex": ["male", "female"], "age": None}
 CONFIG_NAMES = {"baseline": "nnU-Net baseline", "resm": "RESM", "stratified": "stratified batches",
                 "fairmeta": "fair meta-learning", "fairdro": "FairDRO", "dmoe_only": "FairDRO: dMoE only",
                 "dro_only": "FairDRO: DRO only", "plain_moe_dro": "FairDRO: plain MoE + DRO", "unet": "U-Net",
-                "vnet": "V-Net", "attention_unet": "Attention U-Net"}
+                "vnet": "V-Net", "attention_unet": "Attention U-Net",
+                "fairmeta_beta05": "fair meta-learning, β 0.5", "fairmeta_warmup": "fair meta-learning, L_cls warm-up",
+                "fairmeta_image": "fair meta-learning, image-only classifier",
+                "fairmeta_adversarial": "fair meta-learning, reversed gradient"}
 # SPEC §1, the study on real KiTS19 CT: the baseline's Table 1 and the architectures of Table 4
 STUDY = {"baseline": {"kidney": 94.9, "tumor": 78.0, "mean": 86.5, "male": 84.2, "female": 88.9,
                       "SD sex": 2.32, "SER sex": 1.42, "SD age": 3.22, "SER age": 2.08},
