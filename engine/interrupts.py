@@ -65,10 +65,26 @@ def install() -> None:
     atexit.register(end_helpers)
 
 
+# what a helper's background thread hits when the main process stops receiving from it
+PEER_GONE = (BrokenPipeError, ConnectionResetError, EOFError)
+
+
 def shield_worker(_worker_id: int | None = None) -> None:
     """In a helper process: leave SIGINT and SIGTERM to the main process (module docstring)."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_peer_gone(sys.excepthook)
+
+
+def _quiet_when_peer_gone(previous):
+    """multiprocessing's resource sharer, the thread that hands a batch's tensors to the main process,
+    reports its errors through sys.excepthook. When the main process stops receiving (an interrupt
+    it answers in one line), the hand-over breaks mid-way: that is the interrupt, not an error of
+    the helper, and its traceback would bury the line. Every other error still prints."""
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, PEER_GONE):
+            previous(exc_type, exc, tb)
+    return hook
 
 
 def on_interrupt(handler: Callable[[Interrupted], str] | None) -> None:
