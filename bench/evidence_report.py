@@ -180,7 +180,8 @@ def real_table(folder: Path) -> pd.DataFrame:
         seeds = r["seed"].tolist()
         sex, age = pooled_test(folder, method, seeds, "sex"), pooled_test(folder, method, seeds, "age")
         a = by["age"][by["age"]["method"] == method]
-        rows[f"{name(method)} ({len(r)} seed{'s' if len(r) > 1 else ''})"] = {
+        label = f"{name(method)} ({len(r)} seed{'s' if len(r) > 1 else ''})"
+        rows[label] = {
             "kidney": pm(r["kidney"]), "tumor": pm(r["tumor"]), "mean": pm(r["mean"]),
             "male": pm(r["male"]), "female": pm(r["female"]), "SD sex": pm(r["SD"], 2), "SER sex": pm(r["SER"], 2),
             "gap m − f (p)": f"{signed(sex['mean'])} ({format_p(sex['mean p'])})",
@@ -192,7 +193,7 @@ def real_table(folder: Path) -> pd.DataFrame:
             s = STUDY[method]
             rows[f"{name(method)}, study (real CT)"] = {
                 k: (f"{s[k]:.2f}" if k.startswith(("SD", "SER")) else f"{s[k]:.1f}") if k in s else "-"
-                for k in rows[f"{name(method)} ({len(r)} seed{'s' if len(r) > 1 else ''})"]}
+                for k in rows[label]}
             if "male" in s:
                 rows[f"{name(method)}, study (real CT)"]["gap m − f (p)"] = f"{s['male'] - s['female']:+.1f}"
                 rows[f"{name(method)}, study (real CT)"]["age gap best − worst (p)"] = f"{91.8 - 82.8:.1f}"
