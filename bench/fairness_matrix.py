@@ -111,6 +111,9 @@ def train_run(method: str, seed: int, args) -> Path:
     if (run / "last.pt").is_file():
         cmd = [sys.executable, "train.py", "--resume", str(run), "--no-progress"]
         what = "continuing"
+    elif run.exists():   # train.py refuses an existing folder; say why here, not only in the log
+        sys.exit(f"error: {run} exists without last.pt (stopped before its first checkpoint); remove it "
+                 "and re-issue the command")
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
         for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute)

@@ -3,6 +3,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train.py", "evaluate.py", "preprocess.py")
 
@@ -38,14 +40,19 @@ def test_entry_point_functions_fit_on_a_screen():
         assert longest[1] <= 80, f"{name}: {longest[0]} is {longest[1]} lines"
 
 
-def test_fairness_matrix_trains_every_shipped_method_config(monkeypatch):
-    """bench/fairness_matrix.py's default methods cover every shipped training config of an
-    attribute, and each lays its own model name / sampler / fairness section over the recipe."""
+def load_fairness_matrix(monkeypatch):
     import importlib.util
     monkeypatch.syspath_prepend(str(ROOT / "bench"))     # as `python bench/X.py` has it: bench/_common
     spec = importlib.util.spec_from_file_location("fairness_matrix", ROOT / "bench" / "fairness_matrix.py")
     matrix = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(matrix)
+    return matrix
+
+
+def test_fairness_matrix_trains_every_shipped_method_config(monkeypatch):
+    """bench/fairness_matrix.py's default methods cover every shipped training config of an
+    attribute, and each lays its own model name / sampler / fairness section over the recipe."""
+    matrix = load_fairness_matrix(monkeypatch)
     used = {matrix.METHODS[m].replace("ATTR", "sex").split()[0] for m in matrix.DEFAULT_METHODS}
     shipped = {p.name for p in (ROOT / "configs").glob("*.yaml")
                if not p.stem.endswith("_age") and p.stem not in ("demo", "preprocess_study")}
@@ -55,3 +62,16 @@ def test_fairness_matrix_trains_every_shipped_method_config(monkeypatch):
     sets = dict(s.split("=", 1) for s in matrix.method_overrides(matrix.METHODS["dro_only"], "age"))
     assert sets["fairness.attribute"] == '"age"' and sets["fairness.dro.warmup"] == "0.5"
     assert sets["model.name"] == '"nnunet"'
+
+
+def test_fairness_matrix_names_a_run_stopped_before_its_first_checkpoint(monkeypatch, tmp_path):
+    """A run killed before its first last.pt leaves a folder train.py will neither start in nor
+    resume; the bench says so in one line instead of "failed, see the log"."""
+    import argparse
+    matrix = load_fairness_matrix(monkeypatch)
+    run = tmp_path / "runs" / "baseline" / "seed1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit, match=r"seed1 exists without last.pt .*remove it"):
+        matrix.train_run("baseline", 1, argparse.Namespace(out=tmp_path, epochs=80))
+    assert (run / "config.yaml").is_file()      # nothing removed on the user's behalf
