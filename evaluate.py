@@ -494,7 +494,18 @@ def find_runs(folder: Path) -> list[Path]:
     """A run folder (config.yaml + eval/), or the run folders under a --seeds / --sweep batch."""
     if (folder / "config.yaml").is_file():
         return [folder]
-    runs = sorted(p.parent for p in folder.glob("**/config.yaml") if (p.parent / "eval").is_dir())
+    runs, seen = [], set()
+    # os.walk, not Path.glob("**"): a batch assembled from symlinked seed folders must count them all
+    for here, subdirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:         # a link back up the tree, or two links to one run: walked once
+            subdirs.clear()
+            continue
+        seen.add(real)
+        subdirs.sort()
+        if "config.yaml" in files and os.path.isdir(os.path.join(here, "eval")):
+            runs.append(Path(here))
+    runs.sort()
     if not runs:
         raise CaseError(str(folder), "is not a run folder and holds no finished runs (config.yaml + eval/)")
     return runs

@@ -102,6 +102,21 @@ def test_compare_puts_methods_side_by_side_with_the_pareto_front(runs, tmp_path,
     assert r"\begin{tabular}" in (tmp_path / "cmp" / "compare.tex").read_text()
 
 
+def test_compare_counts_symlinked_seed_folders_once_each(runs, tmp_path, capsys):
+    """A batch assembled from links to seed folders is a batch: every linked seed counts, a link
+    back up the tree is not walked forever, and two links to one run count it once."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for seed in ("seed0", "seed1"):
+        (linked / seed).symlink_to(runs / "runs" / "pair" / seed, target_is_directory=True)
+    (linked / "again").symlink_to(runs / "runs" / "pair" / "seed1", target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    assert evaluate.main(["--compare", str(linked), "--group", "sex", "--out", str(tmp_path / "cmp"),
+                          "--source", "train"]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv", index_col=0)
+    assert list(table["seeds"]) == [2]
+
+
 def test_compare_against_a_baseline_gives_paired_deltas_and_refuses_other_case_sets(runs, tmp_path, capsys):
     pair = runs / "runs" / "pair"
     # the same runs under two method names: every paired delta is exactly 0, p 1
