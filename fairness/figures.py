@@ -87,11 +87,35 @@ def tradeoff_plot(compare: pd.DataFrame, attribute: str, *, title: str = "", met
         for i, name in enumerate(compare.index):
             labels.setdefault((unfair[i], dice[i]), []).append(str(name))
         for (x, y), names in labels.items():
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5, "shrinkA": 0, "shrinkB": 3})
         ax.set_xlabel(f"{label}  (fairer ←)")
         ax.set_ylabel(f"mean {m.label} ({m.unit})" + ("" if m.higher_is_better else "  (better ↓)"))
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title or f"Accuracy against fairness by {attribute} (mean ± std over seeds)")
     fig.tight_layout()
+    for ax in axes:
+        _spread_labels(fig, ax)
     return fig
+
+
+def _spread_labels(fig, ax, gap_px: float = 1.0) -> None:
+    """Move point labels up or down, each the least distance that clears every label placed before
+    it: methods with nearly equal figures (not the same point, which share a label) would otherwise
+    print over each other. A label that moved keeps a thin leader line to its point."""
+    renderer = fig.canvas.get_renderer()
+    px_to_pt = 72.0 / fig.dpi
+    placed = []
+    for note in sorted(ax.texts, key=lambda t: -ax.transData.transform(t.xy)[1]):
+        note.arrow_patch.set_visible(False)     # measured as text alone: the leader would reach the point
+        box = note.get_window_extent(renderer)
+        shifts = [0.0] + [d for b in placed for d in (b.y0 - gap_px - box.y1, b.y1 + gap_px - box.y0)]
+        free = [d for d in shifts
+                if not any(box.translated(0, d).overlaps(b) for b in placed)]
+        shift = min(free, key=abs)              # never empty: above the highest placed label is free
+        if shift:
+            x_pt, y_pt = note.xyann
+            note.xyann = (x_pt, y_pt + shift * px_to_pt)
+            note.arrow_patch.set_visible(True)
+        placed.append(box.translated(0, shift))
