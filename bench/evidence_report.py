@@ -42,7 +42,8 @@ CONFIG_NAMES = {"baseline": "nnU-Net baseline", "resm": "RESM", "stratified": "s
                 "vnet": "V-Net", "attention_unet": "Attention U-Net",
                 "fairmeta_beta05": "fair meta-learning, β 0.5", "fairmeta_warmup": "fair meta-learning, L_cls warm-up",
                 "fairmeta_image": "fair meta-learning, image-only classifier",
-                "fairmeta_adversarial": "fair meta-learning, reversed gradient"}
+                "fairmeta_adversarial": "fair meta-learning, reversed gradient",
+                "resm_mean": "RESM, mean target", "resm_2x": "RESM, twice the epochs"}
 # SPEC §1, the study on real KiTS19 CT: the baseline's Table 1 and the architectures of Table 4
 STUDY = {"baseline": {"kidney": 94.9, "tumor": 78.0, "mean": 86.5, "male": 84.2, "female": 88.9,
                       "SD sex": 2.32, "SER sex": 1.42, "SD age": 3.22, "SER age": 2.08},

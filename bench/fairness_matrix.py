@@ -75,6 +75,9 @@ METHODS = {
     "fairmeta_adversarial": "fairmeta_ATTR.yaml fairness.fairmeta.adversarial=true",  # the segmenter works against L_cls
     "fairmeta_warmup": "fairmeta_ATTR.yaml fairness.fairmeta.cls_warmup=0.5",     # lever: L_cls ramps in over half the run
     "fairmeta_beta05": "fairmeta_ATTR.yaml fairness.fairmeta.cls_weight=0.5",     # lever: a quarter of the study's beta
+    "resm_mean": "resm_ATTR.yaml fairness.resm.target=mean",   # lever: groups resampled to the mean size,
+                                                               # so an epoch is the cohort's and the steps the baseline's
+    "resm_2x": "resm_ATTR.yaml",                               # lever: the study's min target for twice the epochs
     "fairdro_study": "fairdro_ATTR.yaml fairness.dro.warmup=0.0",            # DRO from the first step
     "dro_only_study": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR fairness.dro.warmup=0.0",
 }
@@ -85,6 +88,10 @@ MODEL_KEYS = ("name", "deep_supervision")
 # stratified batches need a batch divisible by the groups: the study's batch 4 (one case per age group)
 # where the recipe's 2 does not divide; the same epochs, so the same patches seen, in half the steps
 BATCH_OVERRIDES = {("stratified", "age"): ["train.batch_size=4"]}
+# RESM's min target shrinks the epoch to (groups x the smallest group) cases, so at the same epochs it
+# takes fewer steps than the baseline (sex 1040 of 1280, age 640). nnU-Net's epochs are a fixed number
+# of iterations, so the study's RESM did not; this variant gives it twice the epochs.
+EPOCH_FACTOR = {"resm_2x": 2}
 
 
 def method_overrides(spec: str, attribute: str) -> list[str]:
@@ -116,11 +123,14 @@ def train_run(method: str, seed: int, args) -> Path:
                  "and re-issue the command")
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
+        epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
         for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute)
-                  + BATCH_OVERRIDES.get((method, args.attribute), [])):
+                  + BATCH_OVERRIDES.get((method, args.attribute), [])
+                  + [f"train.epochs={epochs}", f"eval.every={epochs}"]):
             cmd += ["--set", s]
         what = "training"
-    print(f"== {method} seed {seed}: {what} {args.epochs} epochs (log {log})", flush=True)
+    print(f"== {method} seed {seed}: {what} {args.epochs * EPOCH_FACTOR.get(method, 1)} epochs (log {log})",
+          flush=True)
     start = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
