@@ -18,7 +18,9 @@ sampler and fairness sections are laid over the demo recipe, so the methods diff
 their config changes; the cohort, the split, the seeds and the budget are the same. Runs go to
 --out/runs/METHOD/seedK via train.py; a finished run (eval/per_case.csv) is reused, so a
 re-issued command resumes by run. A run folder without a result is an interrupted run: it is
-continued with train.py --resume.
+continued with train.py --resume (one stopped before its first last.pt is named, to be removed).
+Variants outside the default list change one setting of a config (fairmeta_beta05, resm_mean, ...;
+resm_2x trains RESM for twice the epochs: its min target makes shorter epochs).
 
 Per run: kidney / tumor / mean Dice of the test split, per-group mean Dice, SD, SER, worst group,
 ES-Dice, worst-group CVaR20, the gap (male - female for sex, best - worst group otherwise) of mean,
