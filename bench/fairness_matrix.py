@@ -117,6 +117,7 @@ def train_run(method: str, seed: int, args) -> Path:
         return run
     log = args.out / "logs" / f"{method}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
     if (run / "last.pt").is_file():
         cmd = [sys.executable, "train.py", "--resume", str(run), "--no-progress"]
         what = "continuing"
@@ -125,14 +126,12 @@ def train_run(method: str, seed: int, args) -> Path:
                  "and re-issue the command")
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
-        epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
         for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute)
                   + BATCH_OVERRIDES.get((method, args.attribute), [])
                   + [f"train.epochs={epochs}", f"eval.every={epochs}"]):
             cmd += ["--set", s]
         what = "training"
-    print(f"== {method} seed {seed}: {what} {args.epochs * EPOCH_FACTOR.get(method, 1)} epochs (log {log})",
-          flush=True)
+    print(f"== {method} seed {seed}: {what} {epochs} epochs (log {log})", flush=True)
     start = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")

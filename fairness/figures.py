@@ -111,8 +111,7 @@ def _spread_labels(fig, ax, gap_px: float = 1.0) -> None:
         note.arrow_patch.set_visible(False)     # measured as text alone: the leader would reach the point
         box = note.get_window_extent(renderer)
         shifts = [0.0] + [d for b in placed for d in (b.y0 - gap_px - box.y1, b.y1 + gap_px - box.y0)]
-        free = [d for d in shifts
-                if not any(box.translated(0, d).overlaps(b) for b in placed)]
+        free = [d for d in shifts if not any(box.translated(0, d).overlaps(b) for b in placed)]
         shift = min(free, key=abs)              # never empty: above the highest placed label is free
         if shift:
             x_pt, y_pt = note.xyann
