@@ -225,31 +225,39 @@ def report_name(attribute: str, metric: str) -> str:
 
 def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args, *, title: str,
                   writer=None, metrics=("dice",)) -> dict:
-    """Print and save the audit of every attribute and metric; returns {report_name: GroupReport}."""
+    """Print and save the audit of every attribute and metric; returns {report_name: GroupReport}.
+    Every p-value of the screen is Holm-adjusted over the screen's family before anything is shown."""
     from fairness.metrics import get_metric, metric_view
+    from fairness.report import group_report, report_family
 
-    reports = {}
+    reports, shown_as = {}, {}
     for metric in map(get_metric, metrics):
         metric_view(per_case, metric)          # a missing metric is one error before any table
         for attribute in attributes:
             name = report_name(attribute.name, metric.name)
-            reports[name] = write_report(per_case, attribute, out_dir, args, title=title, writer=writer,
-                                         metric=metric, name=name)
+            reports[name] = group_report(per_case, attribute.name, order=attribute.order,
+                                         cvar_level=args.cvar_level, n_perm=args.n_perm,
+                                         covariates=adjust_for(args), n_boot=args.n_boot, seed=args.seed,
+                                         metric=metric)
+            shown_as[name] = attribute.name
+    family = report_family(list(reports.values()))
+    for name, rep in reports.items():
+        write_report(rep, per_case, shown_as[name], out_dir, title=title, writer=writer, name=name)
+    if family:
+        print(f"\n(Holm over the {family} tests this screen prints: attributes x classes x tests; "
+              "'Holm' beside each p)")
     return reports
 
 
-def write_report(per_case: pd.DataFrame, attribute, out_dir: Path | None, args, *, title: str, writer, metric,
+def write_report(rep, per_case: pd.DataFrame, attribute: str, out_dir: Path | None, *, title: str, writer,
                  name: str):
     from fairness.figures import group_boxplot
     from fairness.metrics import metric_view
-    from fairness.report import display_frame, format_report, group_report, report_frames, summary_line, to_latex, \
-        to_markdown
+    from fairness.report import display_frame, format_report, report_frames, summary_line, to_latex, to_markdown
 
-    rep = group_report(per_case, attribute.name, order=attribute.order, cvar_level=args.cvar_level,
-                       n_perm=args.n_perm, covariates=adjust_for(args), n_boot=args.n_boot, seed=args.seed,
-                       metric=metric)
+    metric = rep.audit.metric
     what = "" if metric.name == "dice" else f" ({metric.label}, {metric.unit})"
-    print(f"\n{title}, grouped by {attribute.name}{what}:\n{format_report(rep)}")
+    print(f"\n{title}, grouped by {attribute}{what}:\n{format_report(rep)}")
     if out_dir is None:
         return rep
     groups, summary = report_frames(rep)
@@ -257,13 +265,13 @@ def write_report(per_case: pd.DataFrame, attribute, out_dir: Path | None, args, 
     write_csv(summary, out_dir / f"summary_{name}.csv")
     shown = display_frame(rep)
     write_text(out_dir / f"report_{name}.md",
-               f"**{title}, by {attribute.name}** ({metric.label} {metric.unit}, 95% bootstrap CI)\n\n"
+               f"**{title}, by {attribute}** ({metric.label} {metric.unit}, 95% CI: Student t for group means)\n\n"
                f"{to_markdown(shown)}\n{summary_line(rep)}\n")
     write_text(out_dir / f"report_{name}.tex",
-               to_latex(shown, caption=f"{title}, by {attribute.name}, {metric.label} ({metric.unit}). "
+               to_latex(shown, caption=f"{title}, by {attribute}, {metric.label} ({metric.unit}). "
                                        f"{summary_line(rep)}"))
-    fig = group_boxplot(metric_view(per_case, metric), attribute.name, order=list(rep.audit.table.index.drop("all")),
-                        title=f"{title}: {metric.label} per case by {attribute.name}", metric=metric)
+    fig = group_boxplot(metric_view(per_case, metric), attribute, order=list(rep.audit.table.index.drop("all")),
+                        title=f"{title}: {metric.label} per case by {attribute}", metric=metric)
     write_figure(out_dir / f"box_{name}.png", fig)
     if writer is not None:
         tag = f"eval/{name}"
@@ -271,8 +279,8 @@ def write_report(per_case: pd.DataFrame, attribute, out_dir: Path | None, args, 
         for key in ("sd", "ser", "es_dice", "worst", "gap"):
             writer.add_scalar(f"{tag}/{key}", s[key], 0)
         writer.add_scalar(f"{tag}/p_value", rep.test["p"], 0)
-        for key in ("sd_p", "ser_p", "gap_p", "mdg80", "gap_adjusted"):
-            writer.add_scalar(f"{tag}/{key}", rep.audit.significance[key], 0)
+        for key in ("sd_p", "ser_p", "gap_p", "gap_p_holm", "mdg80", "gap_adjusted"):
+            writer.add_scalar(f"{tag}/{key}", rep.audit.significance.get(key, float("nan")), 0)
         for group, row in rep.audit.table.iterrows():
             writer.add_scalar(f"{tag}/mean_{metric.name}/{group}", row["mean"], 0)
         writer.add_figure(f"{tag}/box", fig, 0)
@@ -610,6 +618,18 @@ def paired_columns(table: pd.DataFrame, frames: dict, orders: dict, args) -> pd.
     return table
 
 
+def ties(frames: dict, leader: str, attr: str, statistic: str, orders: dict, args) -> str:
+    """', not distinguishable from X (paired p 0.41)': the methods a paired test cannot tell from the
+    leader, which point means alone would rank below it."""
+    from fairness.paired import indistinguishable
+
+    same = indistinguishable(frames, leader, attr, statistic, order=orders[attr], n_boot=args.n_boot,
+                             seed=args.seed, measure=compare_metric(args))
+    if not same:
+        return ", beyond noise from every other method (paired swap test, 5 %)"
+    return ", not distinguishable from " + ", ".join(f"{m} (paired p {p:.2f})" for m, p in same.items())
+
+
 def cmd_compare(args) -> int:
     from fairness.figures import tradeoff_plot
     from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
@@ -631,9 +651,11 @@ def cmd_compare(args) -> int:
         on_front = [m for m, f in table[f"pareto_sd_{attr}"].items() if f]
         fairest = table.loc[on_front, f"sd_{attr}"].idxmin() if on_front else None
         print(f"by {attr}: best mean {metric.label} {best} ({table.loc[best, 'mean']:.1f}, "
-              f"SD {table.loc[best, f'sd_{attr}']:.2f}); Pareto front on {metric.label} vs SD: {', '.join(on_front)}"
+              f"SD {table.loc[best, f'sd_{attr}']:.2f}){ties(frames, best, attr, 'mean', orders, args)}; "
+              f"Pareto front on {metric.label} vs SD: {', '.join(on_front)}"
               + (f"; fairest on it {fairest} (SD {table.loc[fairest, f'sd_{attr}']:.2f}, "
-                 f"{metric.label} {table.loc[fairest, 'mean']:.1f})" if fairest else ""))
+                 f"{metric.label} {table.loc[fairest, 'mean']:.1f}){ties(frames, fairest, attr, 'sd', orders, args)}"
+                 if fairest else ""))
         fig = tradeoff_plot(table, attr, metric=metric)
         write_figure(out / f"tradeoff_{attr}{suffix}.png", fig)
         import matplotlib.pyplot as plt

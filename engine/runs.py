@@ -94,8 +94,10 @@ def training_interrupted(trainer, run_dir: Path, exc, *, in_batch: bool = False)
 def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
     """The group tables, then per_case.csv (the "finished" marker), each atomically."""
     from fairness.audit import format_audit
+    from fairness.significance import holm_family
 
     eval_dir.mkdir(exist_ok=True)
+    holm_family([a.significance for a in audits.values() if a.significance])   # one family per screen
     for attr, audit in audits.items():
         write_csv(audit.table, eval_dir / f"groups_{attr}.csv")
         log(f"\ntest split, grouped by {attr}:\n{format_audit(audit)}")

@@ -3,9 +3,18 @@
 Methods evaluated on the same cases are compared case by case (SPEC §5): for each statistic,
 Δ = method − baseline, where each side is the mean over its seeds (runs). The interval comes from
 a paired bootstrap: the cases are resampled within their groups, and the same resample is applied
-to every run of both methods, so what the cases have in common cancels. The p-value is the
-bootstrap's two-sided one, min(1, 2 min(#{Δ* <= 0} + 1, #{Δ* >= 0} + 1) / (B + 1)); over the methods of one table
-they are Holm-corrected. Two identical methods give Δ = 0 exactly, p = 1.
+to every run of both methods, so what the cases have in common cancels.
+
+The p-value tests H0: "on every case, the method's runs and the baseline's are exchangeable" (the
+method makes no difference), by the exact method-label swap: each case's baseline and method runs
+trade places with probability 1/2 (a sign flip per case), B times, and p = (1 + #{|Δ*| >= |Δ|}) /
+(1 + B), two-sided. A swap whose statistic is undefined (SER inf - inf) counts as extreme, so no
+draw is dropped. With unequal run counts the swap acts on the per-case means over runs
+(approximate: their noise differs). Over the methods of one table the p-values are Holm-corrected.
+Two identical methods give Δ = 0 exactly, p = 1.
+
+Groups with no scored case are left out; a group of fewer than 2 scored cases gets no interval and
+no p for SD, SER and worst (one case's Dice is not an estimate); Δ mean needs 2 scored cases.
 
 Statistics: mean Dice (over cases), SD and SER of the group mean Dice, worst-group Dice.
 Dice, SD and worst are in points (x100) in the returned rows; SER unitless. Another metric
@@ -28,6 +37,7 @@ import pandas as pd
 
 from fairness.grouping import group_order
 from fairness.metrics import DICE
+from fairness.significance import holm  # noqa: F401  (the one Holm; callers of the paired table use it)
 
 STATISTICS = ("mean", "sd", "ser", "worst")
 
@@ -40,9 +50,9 @@ def _statistics(values: np.ndarray, onehot: np.ndarray, higher_is_better: bool =
     """values (..., n) -> each statistic (...,), NaN cases left out of their group's mean."""
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
-    means = (filled @ onehot) / (present.astype(float) @ onehot)
-    low, high = means.min(axis=-1), means.max(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
+        means = (filled @ onehot) / (present.astype(float) @ onehot)
+        low, high = means.min(axis=-1), means.max(axis=-1)
         if higher_is_better:
             worst, ser = low, (1.0 - low) / (1.0 - high)
         else:                                   # a distance is its own error
@@ -74,12 +84,16 @@ def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame
     for frame in [*baseline, *method][1:]:
         if not frame.set_index("case_id").loc[case_ids, group_col].equals(labels):
             raise ValueError(f"the runs disagree on the {group_col} of their cases")
-    groups = [g for g in group_order(labels.dropna(), order=order)]
+    base_all, meth_all = _aligned(baseline, case_ids, metric), _aligned(method, case_ids, metric)
+    scored = pd.Series(~(np.isnan(base_all).all(axis=0) & np.isnan(meth_all).all(axis=0)), index=labels.index)
+    groups = [g for g in group_order(labels.dropna(), order=order) if scored[(labels == g).to_numpy()].any()]
     codes = labels.map({g: i for i, g in enumerate(groups)})
     keep = codes.notna().to_numpy()
     codes = codes[keep].to_numpy(dtype=np.int64)
     onehot = np.eye(len(groups))[codes]
-    base, meth = _aligned(baseline, case_ids, metric)[:, keep], _aligned(method, case_ids, metric)[:, keep]
+    base, meth = base_all[:, keep], meth_all[:, keep]
+    # a group's size counts its scored cases, in the run that has the fewest
+    sizes = np.min([(~np.isnan(v)) @ onehot for v in (*base, *meth)], axis=0) if len(groups) else np.zeros(0)
 
     rng = np.random.default_rng(seed)
     index = np.empty((int(n_boot), len(codes)), dtype=np.int64)
@@ -91,30 +105,53 @@ def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame
     b_point, m_point = _statistics(base, onehot, better), _statistics(meth, onehot, better)     # (runs,)
     b_stats = _statistics(base[:, index], onehot, better)        # (runs, B)
     m_stats = _statistics(meth[:, index], onehot, better)
+    swapped = _swap_deltas(base, meth, onehot, better, int(n_boot), rng)
     row = {}
     for s in STATISTICS:
+        scale = 1.0 if s == "ser" else measure.scale
+        observed = float(np.nanmean(m_point[s]) - np.nanmean(b_point[s]))
+        row[f"delta_{s}"] = float(scale * observed)
+        usable = (sizes.sum() >= 2) if s == "mean" else (len(groups) >= 2 and sizes.min() >= 2)
         draws = np.nanmean(m_stats[s], axis=0) - np.nanmean(b_stats[s], axis=0)
         draws = draws[np.isfinite(draws)]
-        scale = 1.0 if s == "ser" else measure.scale
-        row[f"delta_{s}"] = float(scale * (np.nanmean(m_point[s]) - np.nanmean(b_point[s])))
-        if draws.size:
+        lo = hi = p = math.nan
+        if usable and draws.size:
             lo, hi = np.percentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-            n = draws.size
-            p = min(1.0, 2 * min((1 + np.sum(draws <= 0)) / (1 + n), (1 + np.sum(draws >= 0)) / (1 + n)))
-        else:
-            lo = hi = p = math.nan
-        row[f"delta_{s}_lo"], row[f"delta_{s}_hi"], row[f"p_{s}"] = float(scale * lo), float(scale * hi), float(p)
+        if usable and math.isfinite(observed):
+            null = np.abs(swapped[s])
+            extreme = ~np.isfinite(null) | (null >= abs(observed) * (1 - 1e-12) - 1e-15)
+            p = float((1 + extreme.sum()) / (1 + null.size))
+        row[f"delta_{s}_lo"], row[f"delta_{s}_hi"], row[f"p_{s}"] = float(scale * lo), float(scale * hi), p
     return row
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment (NaN p-values are left out and stay NaN)."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m, running = len(order), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
+def _swap_deltas(base: np.ndarray, meth: np.ndarray, onehot: np.ndarray, better: bool, n_swap: int,
+                 rng: np.random.Generator) -> dict:
+    """Δ of each statistic under n_swap random method-label swaps per case (module docstring)."""
+    if len(base) != len(meth):               # unequal run counts: the per-case means over runs trade places
+        with np.errstate(invalid="ignore"):
+            base, meth = np.nanmean(base, axis=0, keepdims=True), np.nanmean(meth, axis=0, keepdims=True)
+    flip = rng.random((n_swap, 1, base.shape[1])) < 0.5                     # (B, 1, n)
+    new_base, new_meth = np.where(flip, meth, base), np.where(flip, base, meth)   # (B, runs, n)
+    b, m = _statistics(new_base, onehot, better), _statistics(new_meth, onehot, better)
+    with np.errstate(invalid="ignore"):
+        return {s: np.nanmean(m[s], axis=1) - np.nanmean(b[s], axis=1) for s in STATISTICS}
+
+
+
+
+def indistinguishable(frames: dict, leader: str, group_col: str, statistic: str, *, order=None,
+                      n_boot: int = 2000, seed: int = 0, measure=DICE, alpha: float = 0.05) -> dict:
+    """{method: p} of the methods whose `statistic` ("mean", "sd", ...) the paired swap test cannot
+    tell from the leader's at `alpha` (H0: the two are exchangeable on every case). frames: method ->
+    [per-case frame per run], as paired_delta takes them; the leader "best" or "fairest" by point
+    means alone is only a winner when this is empty."""
+    out = {}
+    for name, runs in frames.items():
+        if name == leader:
+            continue
+        p = paired_delta(frames[leader], runs, group_col, order=order, n_boot=n_boot, seed=seed,
+                         measure=measure)[f"p_{statistic}"]
+        if not p < alpha:
+            out[name] = p
+    return out

@@ -29,7 +29,8 @@ import pandas as pd
 from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
 from fairness.metrics import DICE, metric_view
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
-from fairness.significance import DEFAULT_COVARIATES, SUMMARY_COLUMNS, significance_line
+from fairness.significance import DEFAULT_COVARIATES, SUMMARY_COLUMNS, holm_family, significance_line
+from fairness.tails import cvar_interval
 from fairness.tables import ALL_ROW
 
 
@@ -38,6 +39,7 @@ class GroupReport:
     audit: Audit
     boot: dict          # fairness.stats.bootstrap_audit
     test: dict          # fairness.stats.group_difference_test on per-case mean Dice
+    cvar_ci: dict = None  # group -> (lo, hi) of its CVaR (fairness.tails.cvar_interval)
 
     @property
     def attribute(self) -> str:
@@ -54,7 +56,15 @@ def group_report(per_case: pd.DataFrame, group_col: str, *, order: Sequence[Hash
     boot = bootstrap_audit(view, group_col, order=order, n_boot=n_boot, seed=seed, level=level,
                            higher_is_better=audit.metric.higher_is_better)
     test = group_difference_test(view, group_col, metric="mean", order=order)
-    return GroupReport(audit=audit, boot=boot, test=test)
+    better = audit.metric.higher_is_better
+    cvar_ci = {g: cvar_interval(view.loc[view[group_col] == g, "mean"], cvar_level, n_boot=n_boot, seed=seed,
+                                level=level, higher_is_better=better) for g in order}
+    return GroupReport(audit=audit, boot=boot, test=test, cvar_ci=cvar_ci)
+
+
+def report_family(reports: Sequence[GroupReport]) -> int:
+    """Holm over every p-value these reports print together (one screen): sets the *_holm values."""
+    return holm_family([r.audit.significance for r in reports if r.audit.significance], [r.test for r in reports])
 
 
 def _pct(value, width: int = 5, scale: float = 100) -> str:
@@ -83,26 +93,37 @@ def format_report(rep: GroupReport) -> str:
     level = int(round(100 * b["level"]))
     cvar_name = f"CVaR{int(round(a.cvar_level * 100))}"
     heading = "" if a.metric is DICE else f"   ({a.metric.label}, {a.metric.unit})"
-    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:>6}{heading}"]
+    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:<18}{heading}"]
+    cvar_ci = rep.cvar_ci or {}
     for group, row in a.table.iterrows():
         cells = []
         for metric in METRICS:
             lo, hi = b["groups"].loc[group, f"{metric}_lo"], b["groups"].loc[group, f"{metric}_hi"]
             cells.append(f"{_pct(row[metric], scale=k)} {_interval(lo, hi, scale=k):<15}")
         tail = a.cvar.get(group, math.nan) if group != ALL_ROW else math.nan
-        lines.append(f"{str(group):<14} {int(row['n']):>4}  {' '.join(cells)} {_pct(tail, 6, scale=k)}")
+        tail_ci = _interval(*cvar_ci.get(group, (math.nan, math.nan)), scale=k)
+        lines.append(f"{str(group):<14} {int(row['n']):>4}  {' '.join(cells)} {_pct(tail, 5, scale=k)} {tail_ci}".rstrip())
     s = a.summary
-    test = rep.test
-    test_name = test["test"] or "group test"
-    test_text = (f"{test_name} p = {format_p(test['p'])}" if pd.notna(test["p"])
-                 else f"{test_name}: {test['note'] or 'not applicable'}")
     lines.append(f"SD {k * s['sd']:.2f} {_interval(*b['sd'], scale=k, digits=2)}   "
-                 f"SER {s['ser']:.2f} {_interval(*b['ser'], scale=1, digits=2)}   {test_text}")
+                 f"SER {s['ser']:.2f} {_interval(*b['ser'], scale=1, digits=2)}   "
+                 f"(SD >= 0 and SER >= 1 by construction: their intervals never hold 0 or 1; the gap test says "
+                 f"whether the groups differ)")
     es = f"ES-Dice {_pct(s['es_dice'], 0)}   " if a.metric.higher_is_better else ""
     lines.append(f"{es}worst {s['worst_group']} {_pct(s['worst'], 0, scale=k)}   "
-                 f"gap {_pct(s['gap'], 0, scale=k)}   ({level}% bootstrap CIs, {b['n_boot']} resamples within groups, "
-                 f"seed {b['seed']})")
+                 f"gap {_pct(s['gap'], 0, scale=k)}   {rank_test_text(rep.test)}")
+    lines.append(f"({level}% intervals: group means Student t; SD, SER and CVaR bootstrap, {b['n_boot']} "
+                 f"resamples within groups, seed {b['seed']})")
     return "\n".join(lines + audit_footnotes(a))
+
+
+def rank_test_text(test: dict) -> str:
+    """'Mann-Whitney U p = 0.030, Holm 0.120 (H0: same distribution)', or why there is none."""
+    name = test["test"] or "group test"
+    if pd.isna(test["p"]):
+        return f"{name}: {test['note'] or 'not applicable'}"
+    holm = test.get("p_holm", math.nan)
+    return (f"{name} p = {format_p(test['p'])}" + (f", Holm {format_p(holm)}" if pd.notna(holm) else "")
+            + " (H0: the same distribution of per-case values; unequal spreads alone can reject it)")
 
 
 def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,14 +131,20 @@ def report_frames(rep: GroupReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     a, b = rep.audit, rep.boot
     groups = a.table.copy()
     groups = groups.join(b["groups"])
-    groups[f"cvar{int(round(a.cvar_level * 100))}"] = [a.cvar.get(g, math.nan) for g in groups.index]
+    name = f"cvar{int(round(a.cvar_level * 100))}"
+    groups[name] = [a.cvar.get(g, math.nan) for g in groups.index]
+    cvar_ci = rep.cvar_ci or {}
+    groups[f"{name}_lo"] = [cvar_ci.get(g, (math.nan, math.nan))[0] for g in groups.index]
+    groups[f"{name}_hi"] = [cvar_ci.get(g, (math.nan, math.nan))[1] for g in groups.index]
     groups.index.name = a.group_col
     s = a.summary
     sig = a.significance or {}
+    rank_p = "p_" + (rep.test["test"] or "test").lower().replace(" ", "_").replace("-", "_")
     rows = [("sd", s["sd"], *b["sd"]), ("ser", s["ser"], *b["ser"]), ("es_dice", s["es_dice"], math.nan, math.nan),
-            ("worst", s["worst"], math.nan, math.nan), ("gap", s["gap"], math.nan, math.nan),
-            ("p_" + (rep.test["test"] or "test").lower().replace(" ", "_").replace("-", "_"), rep.test["p"],
-             math.nan, math.nan)]
+            ("worst", s["worst"], math.nan, math.nan),
+            ("gap", s["gap"], sig.get("gap_lo", math.nan), sig.get("gap_hi", math.nan)),
+            (rank_p, rep.test["p"], math.nan, math.nan),
+            (f"{rank_p}_holm", rep.test.get("p_holm", math.nan), math.nan, math.nan)]
     rows += [(name, sig.get(name, math.nan), math.nan, math.nan) for name in SUMMARY_COLUMNS]
     summary = pd.DataFrame(rows, columns=["figure", "value", "lo", "hi"]).set_index("figure")
     summary.attrs["worst_group"] = s["worst_group"]
@@ -133,7 +160,7 @@ def display_frame(rep: GroupReport) -> pd.DataFrame:
     for metric in METRICS:
         out[metric] = [f"{_pct(v, scale=k).strip()} {_interval(lo, hi, scale=k)}".strip()
                        for v, lo, hi in zip(groups[metric], groups[f"{metric}_lo"], groups[f"{metric}_hi"])]
-    cvar_col = [c for c in groups.columns if c.startswith("cvar")][0]
+    cvar_col = [c for c in groups.columns if c.startswith("cvar")][0]   # the value, not its _lo/_hi
     out[cvar_col.upper().replace("CVAR", "CVaR")] = [_pct(v, scale=k).strip() for v in groups[cvar_col]]
     out.index.name = rep.attribute
     return out
@@ -143,7 +170,7 @@ def summary_line(rep: GroupReport) -> str:
     s, b, t, m = rep.audit.summary, rep.boot, rep.test, rep.audit.metric
     es = f"ES-Dice {_pct(s['es_dice'], 0)}; " if m.higher_is_better else ""
     return (f"SD {m.scale * s['sd']:.2f} {_interval(*b['sd'], scale=m.scale, digits=2)}; SER {s['ser']:.2f} "
-            f"{_interval(*b['ser'], scale=1, digits=2)}; {t['test'] or 'group test'} p = {format_p(t['p'])}; "
+            f"{_interval(*b['ser'], scale=1, digits=2)} (>= 0 and >= 1 by construction); {rank_test_text(t)}; "
             f"{es}worst {s['worst_group']} {_pct(s['worst'], 0, scale=m.scale)}; "
             + significance_line(rep.audit.significance, m).replace("\n", "; "))
 
