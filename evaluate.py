@@ -627,7 +627,9 @@ def ties(frames: dict, leader: str, attr: str, statistic: str, orders: dict, arg
                              seed=args.seed, measure=compare_metric(args))
     if not same:
         return ", beyond noise from every other method (paired swap test, 5 %)"
-    return ", not distinguishable from " + ", ".join(f"{m} (paired p {p:.2f})" for m, p in same.items())
+    return ", not distinguishable from " + ", ".join(
+        f"{m} (paired p {p:.2f})" if p == p else f"{m} (no paired test: a group of fewer than 2 scored cases)"
+        for m, p in same.items())
 
 
 def cmd_compare(args) -> int:
