@@ -90,15 +90,20 @@ def _resample_sums(values: np.ndarray, n_boot: int, rng: np.random.Generator) ->
     return np.where(scored, drawn, 0.0).sum(axis=1), scored.sum(axis=1)
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float]:
-    """Student's t interval of the mean of the non-NaN values; (NaN, NaN) with fewer than 2.
-    H0 behind it: none (a confidence interval for the group's true mean)."""
+def t_interval(values, level: float = 0.95):
+    """Student's t interval of the mean of the non-NaN values over the last axis; (NaN, NaN) with
+    fewer than 2. Floats for a 1-d input, arrays over the leading axes otherwise. No H0: a
+    confidence interval for the group's true mean."""
     arr = np.asarray(values, dtype=float)
-    arr = arr[~np.isnan(arr)]
-    if arr.size < 2:
-        return math.nan, math.nan
-    half = scipy_stats.t.ppf(0.5 + level / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size)
-    return float(arr.mean() - half), float(arr.mean() + half)
+    present = ~np.isnan(arr)
+    n = present.sum(axis=-1)
+    filled = np.where(present, arr, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = filled.sum(axis=-1) / n
+        var = (np.where(present, arr - mean[..., None], 0.0) ** 2).sum(axis=-1) / (n - 1)
+        half = scipy_stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * np.sqrt(var / n)
+    lo, hi = np.where(n >= 2, mean - half, np.nan), np.where(n >= 2, mean + half, np.nan)
+    return (float(lo), float(hi)) if arr.ndim == 1 else (lo, hi)
 
 
 def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fairness.audit import audit_groups
-from fairness.calibration import GRID, calibrate, design, draw_table
+from fairness.calibration import GRID, calibrate, calibrate_adjusted, design, draw_table
 from fairness.paired import paired_delta
 from fairness.significance import (adjusted_gap, group_gap_test, holm, holm_family, minimum_detectable_gap,
                                    ols_hc3, significance, significance_line)
@@ -41,12 +41,23 @@ def test_group_mean_and_gap_intervals_cover_95_percent(grid, cell):
     assert abs(grid[cell]["gap_cover"] - 0.95) <= 0.025, grid[cell]
 
 
-@pytest.mark.parametrize("cell", [c for c in GRID if c[2] == "normal" and len(c[0]) == 2 and c[1] == 1],
-                         ids=lambda c: design(*c).name)
+@pytest.mark.parametrize("cell", GRID, ids=[design(*c).name for c in GRID])
 def test_power_at_the_printed_detectable_gap_is_about_80_percent(grid, cell):
-    # the printed MDG comes from each table's own spreads; with unequal spreads, skew and k = 4 it
-    # falls to 62-75 % (docs/statistics.md): measured, not yet within 80 +- 5 there
-    assert abs(grid[cell]["power"] - 0.80) <= 0.06, grid[cell]
+    # The printed MDG comes from each null table's own spreads; the gap is planted in the true least
+    # favourable layout. Two groups, normal values: 80 +- 5 %. Skewed values cost the test itself
+    # power (77 % at the true spreads' MDG), and with four groups the least precise pair is picked
+    # from noisy spreads (an MDG too large at equal spreads: 88-91 %): held to their measured ranges.
+    two_normal = len(cell[0]) == 2 and cell[2] == "normal"
+    low, high = (0.75, 0.85) if two_normal else (0.72, 0.93)
+    assert low <= grid[cell]["power"] <= high, grid[cell]
+
+
+@pytest.mark.parametrize("cell", [((30, 8), 5, "normal"), ((12, 8), 3, "skewed"), ((6, 5, 7, 4), 3, "normal")],
+                         ids=lambda c: design(*c).name)
+def test_the_adjusted_gap_rejects_about_five_percent_of_null_tables(cell):
+    # measured at 1000 replicates: 4.3-6.8 % over these and (20, 20); 400 here (SE 1.1 points)
+    rate = calibrate_adjusted(design(*cell), 400, seed=3)
+    assert 0.02 <= rate <= 0.085, rate
 
 
 def test_the_old_raw_gap_shuffle_design_of_issue_25_is_no_longer_a_third_false_alarms():
