@@ -35,10 +35,13 @@ label map is scored again), joined by case id (the reference file's name) to the
 The class volumes (covariates of the adjusted gap) are n_ref times the voxel volume from the
 reference file's header, where it can be read (as the summary names it, or under --gt).
 
-Every table gives, per group, n and Dice kidney / tumor / mean with stratified bootstrap 95% CIs
-(cases resampled within groups, seeded: --n-boot, --seed), the worst-20% CVaR (--cvar-level), then SD
-and SER with CIs, a rank test of the groups' per-case Dice (Mann-Whitney U for two groups,
-Kruskal-Wallis for more), ES-Dice, the worst group and the best-worst gap.
+Every table gives, per group, n and Dice kidney / tumor / mean with Student-t 95% CIs, the
+worst-20% CVaR (--cvar-level) with a bootstrap CI, then SD and SER with bootstrap CIs (cases
+resampled within groups, seeded: --n-boot, --seed), a rank test of the groups' per-case Dice
+(Mann-Whitney U for two groups, Kruskal-Wallis for more), ES-Dice, the worst group, the best-worst
+gap with its interval, the studentised test that the group means differ, what noise alone gives,
+the detectable gap and the adjusted gap (fairness/significance.py, docs/statistics.md). Every
+p-value of a screen is printed with its Holm adjustment over the screen's family.
 
 Predictions are label maps in the original geometry of the reference, named
 PRED/case_XXXXX.nii.gz (nnU-Net's naming: the folder nnUNetv2_predict writes is read as it is, its

@@ -9,9 +9,12 @@ Modules (each one job):
     tables     group_table: per-group n, mean Dice and excluded (NaN) counts, plus "all"
     summary    fairness_summary: SD, SER, ES-Dice, worst/best group and gap
     tails      CVaR of per-case Dice within groups and for the worst group (FairDRO reporting)
-    stats      bootstrap_audit (intervals of group Dice, SD, SER), group_difference_test (rank
+    stats      bootstrap_audit (t intervals of group Dice, bootstrap ones of SD, SER), group_difference_test (rank
                tests), audit_figures + aggregate_seeds (mean ± std over seeds, SD/SER per seed)
     audit      audit_groups: one attribute's table, summary and CVaR; format_audit
+    significance  is a gap real: the studentised gap test, noise alone, detectable and adjusted gap, Holm
+    paired     method against baseline on the same cases: paired Δ, the method-label swap test
+    calibration  simulated cohorts with a known truth, to measure the statistics (docs/statistics.md)
     report     the printed / Markdown / LaTeX tables with CIs, seed and method comparisons, Pareto
     figures    box plots per group, the Dice-fairness trade-off
 

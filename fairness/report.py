@@ -93,7 +93,7 @@ def format_report(rep: GroupReport) -> str:
     level = int(round(100 * b["level"]))
     cvar_name = f"CVaR{int(round(a.cvar_level * 100))}"
     heading = "" if a.metric is DICE else f"   ({a.metric.label}, {a.metric.unit})"
-    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:<18}{heading}"]
+    lines = [f"{a.group_col:<14} {'n':>4}  {'kidney':<21} {'tumor':<21} {'mean':<21} {cvar_name:<18}{heading}".rstrip()]
     cvar_ci = rep.cvar_ci or {}
     for group, row in a.table.iterrows():
         cells = []
