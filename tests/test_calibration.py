@@ -218,3 +218,14 @@ def test_the_audit_screen_prints_holm_beside_the_raw_p():
     text = format_report(reps[0])
     assert "Holm over 4 tests" in text and "SD >= 0 and SER >= 1 by construction" in text
     assert audit_groups(per_case, "sex").significance["test"] == "Welch t"
+
+
+def test_a_small_strongly_skewed_group_is_flagged_in_the_line():
+    rng = np.random.default_rng(12)
+    skewed = np.r_[np.full(9, 0.95), 0.2]               # one failed case among good ones
+    per_case = pd.DataFrame({"g": ["a"] * 30 + ["b"] * 10, "mean": np.r_[rng.normal(0.9, 0.02, 30), skewed]})
+    sig = significance(per_case, "g", n_perm=200, covariates=None)
+    assert "b (10 cases, skewness -2.7)" in sig["caution"]
+    assert "(caution: small, strongly skewed group(s): b (10 cases" in significance_line(sig)
+    calm = per_case.assign(mean=rng.normal(0.9, 0.02, 40))
+    assert significance(calm, "g", n_perm=200, covariates=None)["caution"] is None
