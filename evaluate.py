@@ -740,7 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="within-group tail: the CVaR of the worst fraction of a group's cases (0.2)")
     st.add_argument("--alpha", type=float, help=argparse.SUPPRESS)  # the old name: refused with its new one
     st.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
-    st.add_argument("--n-perm", type=int, default=5000, help="permutations of the group labels (5000)")
+    st.add_argument("--n-perm", type=int, default=5000,
+                    help="draws of the noise-alone bootstrap and of the gap test's parametric bootstrap with more than "
+                         "two groups (5000)")
     st.add_argument("--adjust-for", nargs="+", metavar="COLUMN",
                     help="case-mix covariates of the adjusted gap: per-case columns, log_<column> for "
                          "log(1 + column); default log_tumor_ml log_kidney_ml bmi; 'none' for no adjustment")

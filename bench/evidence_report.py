@@ -8,7 +8,7 @@ bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
 Per method, over the seeds found (each table says how many):
   - the study's table form: Dice kidney / tumor / mean, SD and SER as mean ± std over seeds, and the
     mean Dice as a share of the baseline's;
-  - the gap of the class the planted bias acts on, with one permutation p per method: the test is
+  - the gap of the class the planted bias acts on, with one gap-test p per method (Welch; fairness/significance.py): the test is
     run on the per-case Dice averaged over the seeds (the test split is the same for every seed), so
     training noise is averaged out before the groups are compared (fairness/significance.py);
   - the paired Δ against the baseline over the same test cases, with its bootstrap CI and Holm's
@@ -87,7 +87,7 @@ def pooled_cases(folder: Path, method: str, seeds) -> pd.DataFrame:
 
 
 def pooled_test(folder: Path, method: str, seeds, attribute: str) -> dict:
-    """The gaps of the seed-averaged per-case Dice with permutation p and the adjusted mean-Dice gap,
+    """The gaps of the seed-averaged per-case Dice with the gap test's p and the adjusted mean-Dice gap,
     signed first minus second group for two groups, best minus worst otherwise."""
     cases = pooled_cases(folder, method, seeds)
     sig = significance(cases, attribute, order=ORDER[attribute], n_perm=5000, seed=0)
@@ -139,7 +139,7 @@ def study_form(runs: pd.DataFrame, groups: list) -> pd.DataFrame:
 
 
 def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
-    """The claim on the planted class `part`: its gap (seed-pooled permutation p), the paired Δ of its
+    """The claim on the planted class `part`: its gap (seed-pooled gap-test p), the paired Δ of its
     SD and of the mean Dice's SD against the baseline (Holm), and the twin effect on it."""
     deltas, deltas_mean = paired(folder, part), paired(folder, "mean")
     rows = {}

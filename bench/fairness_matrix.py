@@ -24,7 +24,7 @@ resm_2x trains RESM for twice the epochs: its min target makes shorter epochs).
 
 Per run: kidney / tumor / mean Dice of the test split, per-group mean Dice, SD, SER, worst group,
 ES-Dice, worst-group CVaR20, the gap (male - female for sex, best - worst group otherwise) of mean,
-kidney and tumor Dice with their permutation p-values (fairness/significance.py), and the wall
+kidney and tumor Dice with their gap-test p-values (fairness/significance.py), and the wall
 minutes. With --bias, also the mean Dice of the test cases the bias acts on ("affected": for
 `hidden`, the members) and the twin effect: each run's last.pt scored by evaluate.py on the affected
 test cases and on their twins (the cohort synthesised without the bias, OUT/raw_null: same plans,

@@ -9,7 +9,7 @@ differ only in a planted bias, with several seeds, and audits each run by sex:
     null      configs/bias/none.yaml: the same cohort with no effect
 
 Per run it prints the gap of group mean Dice (male - female, original geometry, evaluate.py
---ckpt), its permutation p-value, the null's 95th percentile, the minimum detectable gap, the
+--ckpt), its gap-test p-value (Welch), the 95th percentile of noise alone, the minimum detectable gap, the
 gap adjusted for case mix, the same gap and p-value for kidney Dice alone and, for the planted
 cohort:
     twin_effect        Dice of the woman's twin minus Dice of her biased case, averaged over the

@@ -39,7 +39,7 @@ class Audit:
     summary: dict                # fairness_summary of the group mean Dice (fractions)
     cvar: dict                   # group -> CVaR of per-case mean Dice (fractions)
     cvar_level: float            # the within-group tail: CVaR of the worst cvar_level fraction
-    significance: dict = None    # fairness.significance: permutation null, detectable gap, adjusted gap
+    significance: dict = None    # fairness.significance: the gap test, noise alone, detectable and adjusted gaps
     metric: Metric = DICE        # what table / summary / cvar hold (fairness/metrics.py)
 
 
