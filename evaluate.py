@@ -217,7 +217,7 @@ def open_out_dir(path: Path, overwrite: bool) -> Path:
 
 def adjust_for(args) -> list:
     """The case-mix covariates of the adjusted gap: --adjust-for, else the defaults."""
-    from fairness.significance import DEFAULT_COVARIATES
+    from fairness.adjusted import DEFAULT_COVARIATES
     return list(DEFAULT_COVARIATES) if args.adjust_for is None else [c for c in args.adjust_for if c != "none"]
 
 
@@ -600,7 +600,8 @@ def metric_suffix(args) -> str:
 
 def paired_columns(table: pd.DataFrame, frames: dict, orders: dict, args) -> pd.DataFrame:
     """Δ against --baseline per method and attribute (fairness/paired.py), Holm over the table."""
-    from fairness.paired import holm, paired_delta
+    from fairness.paired import paired_delta
+    from fairness.significance import holm
     from fairness.report import paired_display
 
     if args.baseline not in frames:

@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 from _common import run_logged  # noqa: E402
 from config import load_config  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
-from fairness.paired import holm, paired_delta  # noqa: E402
+from fairness.paired import paired_delta  # noqa: E402
+from fairness.significance import holm  # noqa: E402
 from fairness.report import paired_display, to_markdown  # noqa: E402
 
 ATTRIBUTE_ORDER = {"sex": ["male", "female"], "age": None}
@@ -176,7 +177,7 @@ def run_row(method: str, seed: int, run: Path, attribute: str) -> dict:
 
 
 def adjusted(sig: dict, end: str) -> float:
-    """The gap adjusted for case mix (fairness/significance.py: log tumor and kidney volume, BMI) in
+    """The gap adjusted for case mix (fairness/adjusted.py: log tumor and kidney volume, BMI) in
     points: the raw best group minus the raw worst one."""
     return 100 * sig[f"gap_adjusted{end}"]
 

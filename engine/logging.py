@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from fairness.audit import audit_groups
-from fairness.significance import DEFAULT_COVARIATES
+from fairness.adjusted import DEFAULT_COVARIATES
 
 
 def log_step(writer, step: int, *, loss: float, levels, per_sample, scalars: dict, cases, train_groups) -> None:

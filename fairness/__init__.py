@@ -12,7 +12,10 @@ Modules (each one job):
     stats      bootstrap_audit (t intervals of group Dice, bootstrap ones of SD, SER), group_difference_test (rank
                tests), audit_figures + aggregate_seeds (mean ± std over seeds, SD/SER per seed)
     audit      audit_groups: one attribute's table, summary and CVaR; format_audit
-    significance  is a gap real: the studentised gap test, noise alone, detectable and adjusted gap, Holm
+    welch      group means compared when spreads differ: Welch's t, the Welch-type test, the gap interval
+    power      the minimum detectable gap of that test
+    adjusted   the gap with case mix held fixed (OLS, HC3)
+    significance  is a gap real: the audit's figures and line from those three, Holm per screen
     paired     method against baseline on the same cases: paired Δ, the method-label swap test
     calibration  simulated cohorts with a known truth, to measure the statistics (docs/statistics.md)
     report     the printed / Markdown / LaTeX tables with CIs, seed and method comparisons, Pareto

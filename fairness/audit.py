@@ -25,7 +25,8 @@ import pandas as pd
 
 from fairness.case_dice import METRICS
 from fairness.metrics import DICE, Metric, get_metric, metric_view
-from fairness.significance import DEFAULT_COVARIATES, significance, significance_line
+from fairness.adjusted import DEFAULT_COVARIATES
+from fairness.significance import significance, significance_line
 from fairness.summary import fairness_summary
 from fairness.tables import ALL_ROW, group_table
 from fairness.tails import within_group_cvar

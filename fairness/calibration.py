@@ -114,7 +114,7 @@ def codes(cell: Design) -> np.ndarray:
 def least_favourable_shifts(cell: Design, gap: float) -> tuple:
     """Shifts giving a true best-minus-worst gap of `gap` that a Welch-type test finds least often:
     the two groups of the largest spread^2 / n at the ends, every other group at their precision-
-    weighted mean (fairness.significance.minimum_detectable_gap's layout)."""
+    weighted mean (fairness.power.minimum_detectable_gap's layout)."""
     a = np.asarray(cell.spreads) ** 2 / np.asarray(cell.sizes)
     top, low = np.argsort(a, kind="stable")[::-1][:2]
     shifts = np.full(len(a), gap * a[top] / (a[top] + a[low]))   # 1/a-weighted mean of 0 and gap
@@ -132,8 +132,8 @@ def calibrate(cell: Design, replicates: int = 1000, *, seed: int = 0, n_perm: in
         gap_cover     share of null tables whose best-minus-worst interval holds the true 0
         mean_cover    share of (table, group) whose group-mean interval holds the true mean
     """
-    from fairness.significance import (gap_interval, group_moments, mdg_from_spreads, mean_test,
-                                       pooled_kurtosis, pooled_variance)
+    from fairness.power import mdg_from_spreads, pooled_kurtosis
+    from fairness.welch import gap_interval, group_moments, mean_test, pooled_variance
     from fairness.stats import t_interval
 
     rng = np.random.default_rng(seed)
@@ -156,10 +156,10 @@ def calibrate(cell: Design, replicates: int = 1000, *, seed: int = 0, n_perm: in
 
 
 def calibrate_adjusted(cell: Design, replicates: int = 500, *, seed: int = 0, level: float = 0.05) -> float:
-    """Share of null tables whose adjusted gap's interval (fairness.significance.adjusted_gap, one
+    """Share of null tables whose adjusted gap's interval (fairness.adjusted.adjusted_gap, one
     covariate "bmi" ~ N(28, 4) that lowers Dice 0.5 points a unit, the same law in every group)
     excludes 0: its false-alarm rate. One table at a time (OLS per table): slower than calibrate."""
-    from fairness.significance import adjusted_gap
+    from fairness.adjusted import adjusted_gap
 
     rng = np.random.default_rng(seed)
     rejected = 0

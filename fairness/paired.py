@@ -25,7 +25,7 @@ ratio of the distances.
 Usage:
     row = paired_delta([base_seed0, base_seed1], [resm_seed0, resm_seed1], "sex", order=["male", "female"])
     row["delta_sd"], row["delta_sd_lo"], row["delta_sd_hi"], row["p_sd"]
-    holm([0.01, 0.04, 0.30])          # [0.03, 0.08, 0.30]
+    holm(p_sd_of_every_method)       # fairness.significance.holm: the table's Holm
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ import pandas as pd
 
 from fairness.grouping import group_order
 from fairness.metrics import DICE
-from fairness.significance import holm  # noqa: F401  (the one Holm; callers of the paired table use it)
 
 STATISTICS = ("mean", "sd", "ser", "worst")
 

@@ -29,7 +29,8 @@ import pandas as pd
 from fairness.audit import METRICS, Audit, audit_footnotes, audit_groups
 from fairness.metrics import DICE, metric_view
 from fairness.stats import aggregate_seeds, audit_figures, bootstrap_audit, group_difference_test
-from fairness.significance import DEFAULT_COVARIATES, SUMMARY_COLUMNS, holm_family, significance_line
+from fairness.adjusted import DEFAULT_COVARIATES
+from fairness.significance import SUMMARY_COLUMNS, holm_family, significance_line
 from fairness.tails import cvar_interval
 from fairness.tables import ALL_ROW
 

@@ -12,8 +12,8 @@ import pytest
 from fairness.audit import audit_groups
 from fairness.calibration import GRID, calibrate, calibrate_adjusted, design, draw_table
 from fairness.paired import paired_delta
-from fairness.significance import (adjusted_gap, group_gap_test, holm, holm_family, minimum_detectable_gap,
-                                   ols_hc3, significance, significance_line)
+from fairness.adjusted import adjusted_gap, ols_hc3
+from fairness.significance import group_gap_test, holm, holm_family, significance, significance_line
 from fairness.stats import bootstrap_audit
 from fairness.tails import worst_group_cvar
 
@@ -79,7 +79,8 @@ def test_noise_alone_uses_each_groups_own_spread():
 
 def test_power_at_the_mdg_of_the_true_spreads_is_80_percent_for_four_groups():
     from fairness.calibration import codes, draw_stack, least_favourable_shifts
-    from fairness.significance import mdg_from_spreads, mean_test
+    from fairness.power import mdg_from_spreads
+    from fairness.welch import mean_test
     cell = design((6, 5, 7, 4), 1, "normal")
     mdg = mdg_from_spreads(cell.sizes, cell.spreads)
     planted = draw_stack(np.random.default_rng(2), cell, 2000, least_favourable_shifts(cell, mdg))

@@ -13,8 +13,8 @@ from scipy import stats as scipy_stats
 
 from fairness.audit import audit_groups, format_audit
 from fairness.paired import paired_delta
-from fairness.significance import (adjusted_gap, group_gap_test, holm, minimum_detectable_gap, significance,
-                                   significance_line)
+from fairness.adjusted import adjusted_gap
+from fairness.significance import group_gap_test, holm, significance, significance_line
 from fairness.stats import bootstrap_audit
 
 REPLICATES = 1000
