@@ -137,8 +137,6 @@ def _swap_deltas(base: np.ndarray, meth: np.ndarray, onehot: np.ndarray, better:
         return {s: np.nanmean(m[s], axis=1) - np.nanmean(b[s], axis=1) for s in STATISTICS}
 
 
-
-
 def indistinguishable(frames: dict, leader: str, group_col: str, statistic: str, *, order=None,
                       n_boot: int = 2000, seed: int = 0, measure=DICE, alpha: float = 0.05) -> dict:
     """{method: p} of the methods whose `statistic` ("mean", "sd", ...) the paired swap test cannot

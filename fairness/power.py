@@ -83,7 +83,7 @@ def mdg_from_spreads(counts: Sequence[int], spreads, *, level: float = 0.05, pow
     ends_each = np.take_along_axis(per_mean, top, -1)
     ends = ends_each.sum(axis=-1)
     if estimated:   # quantile midpoints of chi2(pair dof) / pair dof: what (true ends) / (estimated ends) can be
-        n_ends = np.take_along_axis(counts + 0 * per_mean, top, -1)
+        n_ends = np.take_along_axis(np.broadcast_to(counts, per_mean.shape), top, -1)
         kurt = np.asarray(kurtosis, dtype=float)[..., None]
         own_dof = 2 / (2 / np.maximum(n_ends - 1, 1) + kurt / n_ends)
         pair_dof = ends ** 2 / np.sum(ends_each ** 2 / own_dof, axis=-1)

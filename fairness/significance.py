@@ -24,8 +24,8 @@ group's own spread, never one pooled spread. Every audit reports:
                        within the group (scaled by sqrt(n / (n - 1)) so their variance is
                        unbiased; a one-case group resamples the pooled residuals).
     gap interval       the best-minus-worst gap with a Welch interval, simultaneous over the
-                       k (k - 1) / 2 pairs (Bonferroni) because the pair is picked from the data;
-                       unlike SD (>= 0) and SER (>= 1) its interval can hold 0
+                       pairs with k > 2 groups (Games-Howell) because the pair is picked from the
+                       data; unlike SD (>= 0) and SER (>= 1) its interval can hold 0
     minimum_detectable_gap
                        the smallest true best-minus-worst gap the test above detects with 80 %
                        power at 5 %, from the group sizes and the groups' own spreads: Welch's
@@ -93,13 +93,17 @@ def group_gap_test(per_case: pd.DataFrame, group_col: str, *, metric: str = "mea
     """H0: the groups' mean per-case `metric` are equal (their spreads may differ). See the module.
 
     Returns {"sd", "ser", "gap", "sd_p", "ser_p", "gap_p", "sd_null95", "ser_null95",
-    "gap_null95", "gap_lo", "gap_hi", "test", "n_perm", "groups", "worst", "best", "caution"
+    "gap_null95", "gap_lo", "gap_hi", "test", "n_perm", "groups", "spreads" (group -> SD, ddof 1;
+    NaN for one case), "worst", "best", "caution"
     (skew_caution's note, or None)}; NaN figures
     with fewer than 2 scored groups, NaN p-values where no group has 2 scored cases.
     """
     values, codes, groups = scored_values(per_case, group_col, metric, order)
     keys = ("sd", "ser", "gap")
-    out = {"n_perm": int(n_perm), "groups": groups, "test": None, "gap_lo": math.nan, "gap_hi": math.nan,
+    spreads = {g: float(values[codes == i].std(ddof=1)) if (codes == i).sum() >= 2 else math.nan
+               for i, g in enumerate(groups)}                  # each group's SD (ddof 1), as printed
+    out = {"n_perm": int(n_perm), "groups": groups, "spreads": spreads, "test": None,
+           "gap_lo": math.nan, "gap_hi": math.nan,
            **{k: math.nan for k in keys}, **{f"{k}_p": math.nan for k in keys},
            **{f"{k}_null95": math.nan for k in keys}}
     if len(groups) < 2:
@@ -163,18 +167,9 @@ def _centred_bootstrap(values, codes, k, pooled, n_boot, rng) -> np.ndarray:
         shared = shared * math.sqrt(pooled / max(float(np.mean(shared ** 2)), 1e-300))
     means = np.empty((n_boot, k))
     for g in range(k):
-        own = scaled[codes == g] if counts[g] >= 2 else shared
-        if own.size == 0:
-            own = np.zeros(1)
+        own = scaled[codes == g] if counts[g] >= 2 else shared   # shared is never empty: pooled is finite
         means[:, g] = grand + own[rng.integers(0, own.size, size=(n_boot, counts[g]))].mean(axis=1)
     return means
-
-
-def group_spreads(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None) -> dict:
-    """{group: SD (ddof 1) of its per-case metric}; NaN for a group of one case."""
-    values, codes, groups = scored_values(per_case, group_col, metric, order)
-    return {g: float(values[codes == i].std(ddof=1)) if (codes == i).sum() >= 2 else math.nan
-            for i, g in enumerate(groups)}
 
 
 def pooled_spread(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None) -> float:
@@ -182,8 +177,6 @@ def pooled_spread(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean
     values, codes, groups = scored_values(per_case, group_col, metric, order)
     return math.sqrt(pooled_variance(values, codes, len(groups))) if groups else math.nan
 
-
-# --- what these groups can detect -----------------------------------------------------------
 
 def small_groups(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None) -> list:
     """Groups of one scored case: they get no interval (groups of none are noted as empty)."""
@@ -197,12 +190,11 @@ def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
                  seed: int = 0, covariates: Sequence[str] | None = DEFAULT_COVARIATES,
                  higher_is_better: bool = True) -> dict:
     """Everything SPEC §5 asks of an audit, flat: the summary CSV's columns and the printed line.
-    The p-values are raw; fairness.family.holm_family adds the "<key>_holm" ones over a screen."""
+    The p-values are raw; holm_family (below) adds the "<key>_holm" ones over a screen."""
     test = group_gap_test(per_case, group_col, metric=metric, order=order, n_perm=n_perm, seed=seed,
                           higher_is_better=higher_is_better)
     out = {k: v for k, v in test.items() if k != "groups"}
     out["spread"] = pooled_spread(per_case, group_col, metric=metric, order=order)
-    out["spreads"] = group_spreads(per_case, group_col, metric=metric, order=order)
     out["mdg80"] = minimum_detectable_gap(per_case, group_col, metric=metric, order=order)
     usable = [c for c in (covariates or ()) if _has_column(per_case, c)]
     if usable:
