@@ -54,6 +54,7 @@ import numpy as np
 
 from data.errors import CaseError
 from data.groups import Attribute, GroupError, parse_attribute
+from data.untrusted import read_yaml
 
 FACTORS = ("noise", "contrast", "tumor_scale")      # multiply when combined
 ACQUISITION = ("noise", "slice_mm", "contrast", "blur")   # what a hidden subgroup may get
@@ -400,14 +401,11 @@ def load_bias(path) -> BiasSpec:
     """Read and validate a bias YAML file (None: the null cohort without a file)."""
     if path is None:
         return BiasSpec()
-    import yaml
     path = Path(path)
+    if not path.exists():
+        raise BiasSpecError(str(path), "cannot read the bias file (not found)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise BiasSpecError(str(path), f"cannot read the bias file ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BiasSpecError(str(path), f"not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
+        data = read_yaml(path)
+    except CaseError as exc:
+        raise BiasSpecError(str(path), exc.problem) from None
     return parse_bias(data, str(path))

@@ -12,11 +12,10 @@ Usage:
     table = load_case_table("cache/")                                # cases.csv, indexed by case id
     settings = load_cache_settings("cache/")
     sex = groups_from_table(table, "sex", settings)                  # {case_id: "male" | "female"}
-    per_case = with_covariates(per_case, table)                      # + kidney_ml, tumor_ml, bmi
+    per_case = with_covariates(per_case, table)                      # + kidney_ml, tumor_ml, bmi_kg_m2
 """
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
@@ -25,17 +24,20 @@ import pandas as pd
 
 from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
+from data.untrusted import case_path, check_case_id, read_json
 
 SETTINGS_FILE = "preprocess.json"
 CASES_FILE = "cases.csv"
 SOURCE_FILE = "source.json"
-# the case-mix columns an audit adjusts a gap for (fairness/significance.py): reference volumes, BMI
-COVARIATE_COLUMNS = ("kidney_ml", "tumor_ml", "bmi")
+# the case-mix columns an audit adjusts a gap for (fairness/adjusted.py): reference volumes, BMI, as
+# {per-case column: cases.csv column}. BMI's per-case column carries its unit so that no group
+# column can take its name: `--group bmi` puts the BMI group in column "bmi" beside it.
+COVARIATE_COLUMNS = {"kidney_ml": "kidney_ml", "tumor_ml": "tumor_ml", "bmi_kg_m2": "bmi"}
 
 
 def is_complete(out_dir, case_id: str) -> bool:
     out_dir = Path(out_dir)
-    return all((out_dir / f"{case_id}{suffix}").is_file() for suffix in (".json", ".npy", "_seg.npy"))
+    return all(case_path(out_dir, case_id, suffix).is_file() for suffix in (".json", ".npy", "_seg.npy"))
 
 
 def array_record(array: np.ndarray) -> dict:
@@ -68,19 +70,19 @@ def load_arrays(cache_dir, case_id: str, *, mmap: bool = True):
     """(image, labels) of one cached case, without parsing its properties (the per-patch path)."""
     cache_dir = Path(cache_dir)
     mode = "r" if mmap else None
-    return (_open_array(cache_dir / f"{case_id}.npy", case_id, mode),
-            _open_array(cache_dir / f"{case_id}_seg.npy", case_id, mode))
+    return (_open_array(case_path(cache_dir, case_id, ".npy"), case_id, mode),
+            _open_array(case_path(cache_dir, case_id, "_seg.npy"), case_id, mode))
 
 
 def load_properties(cache_dir, case_id: str) -> dict:
     """CASE.json of one cached case; a damaged file is a CaseError naming it."""
-    path = Path(cache_dir) / f"{case_id}.json"
+    path = case_path(cache_dir, case_id, ".json")
+    if not path.is_file():
+        raise CacheFileError(case_id, path, "is missing")
     try:
-        props = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CacheFileError(case_id, path, "is missing") from None
-    except (OSError, ValueError) as exc:             # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CacheFileError(case_id, path, f"is damaged ({exc})") from None
+        props = read_json(path)
+    except CaseError as exc:
+        raise CacheFileError(case_id, path, f"is damaged ({exc.problem})") from None
     if not isinstance(props, dict) or "resampled_shape" not in props:
         raise CacheFileError(case_id, path, "is not a case's properties (no resampled_shape)")
     return props
@@ -114,7 +116,15 @@ def load_case_table(cache_dir) -> pd.DataFrame:
     path = Path(cache_dir) / CASES_FILE
     if not path.is_file():
         raise CaseError(str(cache_dir), f"has no {CASES_FILE}; run `preprocess.py run` first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("case_id")
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (ValueError, OSError) as exc:   # pandas' ParserError and EmptyDataError are ValueErrors
+        raise CaseError(str(path), f"unreadable ({exc})") from None
+    if "case_id" not in table.columns:
+        raise CaseError(str(path), "has no case_id column")
+    for row, case_id in enumerate(table["case_id"], 2):   # row 1 is the header
+        check_case_id(case_id, where=f"{path} row {row}")
+    return table.set_index("case_id")
 
 
 def load_cache_settings(cache_dir):
@@ -124,7 +134,10 @@ def load_cache_settings(cache_dir):
     path = Path(cache_dir) / SETTINGS_FILE
     if not path.is_file():
         raise CaseError(str(cache_dir), f"has no {SETTINGS_FILE}; run `preprocess.py run` first")
-    return PreprocessSettings.from_dict(json.loads(path.read_text())["settings"])
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        raise CaseError(str(path), "holds no settings mapping")
+    return PreprocessSettings.from_dict(saved["settings"])
 
 
 def groups_from_table(table: pd.DataFrame, spec: str, settings) -> dict[str, str]:
@@ -143,7 +156,7 @@ def groups_from_table(table: pd.DataFrame, spec: str, settings) -> dict[str, str
 def with_covariates(per_case: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The per-case frame with each case's reference kidney/tumor volume (mL) and BMI from the case table."""
     out = per_case.copy()
-    for column in COVARIATE_COLUMNS:
-        if column in table.columns and column not in out.columns:
-            out[column] = out["case_id"].map(table[column])
+    for column, source in COVARIATE_COLUMNS.items():
+        if source in table.columns:
+            out[column] = out["case_id"].map(table[source])
     return out

@@ -27,6 +27,7 @@ from data.errors import CaseError
 from data.groups import FIELDS, GroupError, normalise_sex, numeric_value
 from data.labels import LabelScheme
 from data.nifti import Volume, read_volume
+from data.untrusted import check_case_id, read_json
 
 IMAGE_NAME = "imaging.nii.gz"
 LABEL_NAME = "segmentation.nii.gz"
@@ -75,10 +76,7 @@ def load_metadata(path) -> dict[str, dict]:
     path = Path(path)
     if not path.is_file():
         raise CaseError(str(path), "metadata file not found")
-    try:
-        entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CaseError(str(path), f"is not valid JSON ({exc})") from None
+    entries = read_json(path)
     if isinstance(entries, dict):  # also accept {case_id: {...}}
         entries = [dict(v, case_id=k) if isinstance(v, dict) else v for k, v in entries.items()]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -90,6 +88,7 @@ def load_metadata(path) -> dict[str, dict]:
             raise CaseError(str(path), f"entry {i} has no case_id")
         if not isinstance(case_id, str):
             raise CaseError(str(path), f"entry {i} has case_id {json.dumps(case_id)[:40]}; expected a string like case_00012")
+        check_case_id(case_id, where=f"{path} entry {i}")
         if case_id in by_id:
             raise CaseError(str(path), f"duplicate case_id {case_id}")
         by_id[case_id] = entry

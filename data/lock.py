@@ -21,9 +21,15 @@ waiters never both take it over and a fresh lock is never removed. (Left alone: 
 dies in those milliseconds leaves a stale LOCK.break, removed by the same rules after 60 s; and
 a SLURM job suspended for longer than STALE_S loses its lock to another host's waiter.)
 
+An audit's results folder is held the same way while it is written (`results_folder`, lock
+.results.lock): a second audit into the same folder waits, then finds the first one's finished
+results and is refused unless --overwrite; two audits never mix their files.
+
 Usage:
     with FolderLock(cache_dir, log=print):      # creates cache_dir when missing
         ... synthesise, preprocess, split ...
+    with results_folder(out_dir, overwrite=False, marker="per_case.csv"):
+        ... write the tables, the marker last ...
 """
 from __future__ import annotations
 
@@ -31,8 +37,10 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +48,7 @@ from data.atomic import process_alive
 from data.errors import CaseError
 
 LOCK_NAME = ".prepare.lock"
+RESULTS_LOCK_NAME = ".results.lock"
 POLL_S = 2.0           # a waiting process looks again every POLL_S seconds
 HEARTBEAT_S = 30.0     # the holder touches the lock file every HEARTBEAT_S seconds
 STALE_S = 600.0        # another host's lock without a heartbeat for STALE_S seconds is stale
@@ -78,7 +87,8 @@ def _create(path: Path, token: str) -> bool:
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     private = path.with_name(f"{path.name}.{token}")
     try:
-        private.write_text(json.dumps(record) + "\n")
+        with open(private, "x") as fh:   # O_EXCL: never through a link planted at that name
+            fh.write(json.dumps(record) + "\n")
         os.link(private, path)
         return True
     except (FileExistsError, FileNotFoundError):   # FileNotFoundError: the folder went (FolderLock.release)
@@ -93,8 +103,8 @@ class FolderLock:
     """Hold FOLDER/.prepare.lock for the duration of a `with` block (see the module docstring)."""
 
     def __init__(self, folder, *, log=print, name: str = LOCK_NAME, poll_s: float | None = None,
-                 heartbeat_s: float | None = None, stale_s: float | None = None):
-        self.folder, self.log = Path(folder), log
+                 heartbeat_s: float | None = None, stale_s: float | None = None, doing: str = "prepared"):
+        self.folder, self.log, self.doing = Path(folder), log, doing
         self.path = self.folder / name
         self.poll_s = POLL_S if poll_s is None else poll_s
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
@@ -133,7 +143,7 @@ class FolderLock:
                     self.log(f"took over the lock {self.path} of {info.holder()} (since {info.since}): {why}")
                 continue
             if announced != info.token:
-                self.log(f"waiting: {self.folder} is being prepared by {info.holder()} (since {info.since}); "
+                self.log(f"waiting: {self.folder} is being {self.doing} by {info.holder()} (since {info.since}); "
                          "this process goes on when it is done")
                 announced = info.token
             time.sleep(self.poll_s)
@@ -197,3 +207,28 @@ class FolderLock:
             return True
         finally:
             breaker.unlink(missing_ok=True)
+
+
+@contextmanager
+def results_folder(folder, *, overwrite: bool, marker: str, log=None):
+    """Hold `folder` (created when missing) for one writer while the block writes its results;
+    refused (CaseError) when it holds finished results (`marker`, written last) and not overwrite.
+    A second writer waits for the first, then meets that check."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaseError(str(folder), f"cannot create the results folder ({exc.strerror or exc})") from None
+    if log is None:
+        log = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stdout holds the results
+    with FolderLock(folder, log=log, name=RESULTS_LOCK_NAME, doing="written by another audit"):
+        refuse_finished(folder, overwrite=overwrite, marker=marker)
+        yield folder
+
+
+def refuse_finished(folder, *, overwrite: bool, marker: str) -> None:
+    """CaseError when `folder` holds finished results and not overwrite (also worth asking before
+    long work: results_folder asks again under the lock)."""
+    if (Path(folder) / marker).exists() and not overwrite:
+        raise CaseError(str(folder), f"holds results ({marker}); pass --overwrite to replace them or choose "
+                                     "another --out")

@@ -6,7 +6,8 @@ comes from the header zooms, and the original affine and header travel with the 
 anything written back lands in the original geometry.
 
 Usage:
-    vol = read_volume("case_00000/segmentation.nii.gz")
+    vol = read_volume("case_00000/segmentation.nii.gz")      # the voxel limit checked first
+    pred = read_volume("pred/case_00000.nii.gz", shape=vol.array.shape)   # refused unread if it differs
     vol.array.shape, vol.spacing          # (611, 512, 512), (0.5, 0.919, 0.919)
     shape, spacing, affine = read_geometry("case_00000/imaging.nii.gz")   # the header only
     write_volume("pred.nii.gz", labels, affine=vol.affine, header=vol.header)
@@ -26,6 +27,7 @@ from nibabel.openers import ImageOpener
 
 from data.atomic import atomic_write
 from data.errors import CaseError
+from data.untrusted import check_voxels
 
 
 @dataclass
@@ -85,6 +87,7 @@ def _open(path: Path, where: str):
         raise CaseError(where, f"{path.name} is not a readable NIfTI file ({type(exc).__name__}: {exc})")
     if len(img.shape) != 3:
         raise CaseError(where, f"{path.name} has shape {tuple(img.shape)}; expected a 3D volume")
+    check_voxels(img.shape, where if where != str(path) else str(path))   # before a byte of data is read
     zooms = _stored_zooms(img)
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         shown = ", ".join(f"{z:g}" for z in zooms)
@@ -100,11 +103,19 @@ def read_geometry(path, where: str | None = None) -> tuple[tuple[int, ...], tupl
     return tuple(int(n) for n in img.shape), zooms, img.affine.copy()
 
 
-def read_volume(path, dtype=None, where: str | None = None) -> Volume:
-    """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable."""
+def read_volume(path, dtype=None, where: str | None = None, *, shape=None) -> Volume:
+    """Read a 3D NIfTI; raise CaseError (naming `where` or the file) for anything unreadable.
+
+    The header's shape is checked before the data are read: against the voxel limit
+    (data/untrusted.py) always, and against `shape` when given (a prediction against its
+    reference), so a header or gzip bomb is refused without inflating it.
+    """
     path = Path(path)
     where = where or str(path)
     img, zooms = _open(path, where)
+    if shape is not None and tuple(int(n) for n in img.shape) != tuple(int(n) for n in shape):
+        raise CaseError(where, f"{path.name} has shape {tuple(int(n) for n in img.shape)}, its reference "
+                               f"{tuple(int(n) for n in shape)}; not reading it")
     try:
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)

@@ -78,12 +78,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_write, remove_stale_temporaries
-from data.errors import CaseError
+from data.atomic import atomic_link, atomic_write, remove_stale_temporaries
+from data.errors import CaseError, WriteError
 from data.kits import CaseRecord, scan_cohort
 from data.labels import LabelScheme, present_values
 from data.nifti import read_geometry, read_volume, write_volume
 from data.splits import load_split
+from data.untrusted import check_case_id, read_json, short
 from fairness.case_dice import COUNTS, case_mean, dice_from_counts
 
 FILE_ENDING = ".nii.gz"
@@ -98,17 +99,17 @@ CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 KIDNEY_KEY, TUMOR_KEY = str((1, 2)), str(2)
 METRIC_NAMES = ("Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref")
 FILE_COLUMNS = ("reference_file", "prediction_file")     # a summary's file names, as per-case columns
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")      # fullmatch: `$` would let a trailing newline through
 LINK_ERRORS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
 
 
 # ----------------------------------------------------------------------------- export
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     """DatasetNNN_Name, as nnU-Net finds datasets by id (three digits, 1 to 999)."""
-    if not 1 <= int(dataset_id) <= 999:
-        raise ValueError(f"dataset id {dataset_id} is not in 1..999 (nnU-Net's DatasetNNN)")
-    if not NAME_PATTERN.match(name):
-        raise ValueError(f"dataset name {name!r} may hold only letters, digits, '_' and '-'")
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset id {dataset_id!r} is not in 1..999 (nnU-Net's DatasetNNN)")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"dataset name {short(name)} may hold only letters, digits, '_' and '-'")
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
@@ -244,22 +245,15 @@ def _place(src: Path, dst: Path, case_id: str, *, overwrite: bool, copy: bool) -
             return "kept"
         if not overwrite:
             raise CaseError(case_id, f"{dst} exists with other content than {src}; pass --overwrite to replace it")
-    how = []
-
-    def link_or_copy(tmp: Path) -> None:
-        if not copy:
-            try:
-                os.link(src, tmp)
-                how.append("linked")
-                return
-            except OSError as exc:
-                if exc.errno not in LINK_ERRORS:
-                    raise
-        shutil.copyfile(src, tmp)
-        how.append("copied")
-
-    atomic_write(dst, link_or_copy)   # os.replace swaps the name: a linked old target's data is untouched
-    return how[0]
+    if not copy:
+        try:
+            atomic_link(src, dst)   # os.replace swaps the name: a linked old target's data is untouched
+            return "linked"
+        except WriteError as exc:
+            if exc.error.errno not in LINK_ERRORS:
+                raise
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    return "copied"
 
 
 def _write_mapped(mapped: np.ndarray, seg, dst: Path, case_id: str, *, overwrite: bool) -> str:
@@ -280,8 +274,8 @@ def _write_json(path: Path, text: str, overwrite: bool, *, check_only: bool = Fa
     """A JSON file written once: the same content again is 'kept', other content needs overwrite."""
     if path.exists():
         try:
-            same = json.loads(path.read_text()) == json.loads(text)
-        except (OSError, ValueError):
+            same = read_json(path) == json.loads(text)
+        except CaseError:
             same = False
         if same:
             return "kept"
@@ -310,8 +304,8 @@ def _check_manifest(dataset_dir: Path, scheme: LabelScheme, overwrite: bool) -> 
     if not path.is_file():
         return False
     try:
-        earlier = json.loads(path.read_text()).get("label_scheme")
-    except (OSError, ValueError, AttributeError):
+        earlier = read_json(path).get("label_scheme")
+    except (CaseError, AttributeError):
         return False
     if earlier == str(scheme):
         return True
@@ -384,12 +378,9 @@ class SummaryTable:
 def read_summary(path, *, label_scheme: str = "kits19") -> SummaryTable:
     """nnU-Net's summary.json as our per-case table (no label map is read); see the module docstring."""
     path = Path(path)
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CaseError(str(path), "summary file not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CaseError(str(path), f"is not a readable JSON file ({exc})") from None
+    if not path.exists():
+        raise CaseError(str(path), "summary file not found")
+    summary = read_json(path)
     cases = summary.get("metric_per_case") if isinstance(summary, dict) else None
     if not isinstance(cases, list):
         raise CaseError(str(path), "has no list 'metric_per_case': not an nnU-Net summary.json")
@@ -408,6 +399,7 @@ def read_summary(path, *, label_scheme: str = "kits19") -> SummaryTable:
             case_id = case_id_from_file(entry.get("reference_file") or "")
             if not case_id:
                 raise CaseError(where, "has no reference_file to take the case id from")
+            check_case_id(case_id, where=where)
             where = case_id
             if case_id in rows:
                 raise CaseError(case_id, f"is listed twice in {path.name}")

@@ -33,6 +33,7 @@ from data.preprocessing import PreprocessSettings, run_preprocessing, summary_li
 from data.cache import groups_from_table, load_case_table
 from data.splits import load_split, make_split, save_split
 from data.synthetic import PENDING_FILE, SYNTHESIS_FILE, read_synthesis, twins_dir, write_procedural_cohort
+from data.untrusted import read_json
 
 SPLIT_FILE = "splits.json"
 
@@ -74,10 +75,11 @@ def _check_fov(raw: Path, fov: str) -> None:
     if not path.is_file():
         return
     try:
-        entries = json.loads(path.read_text())
-    except ValueError:
+        entries = read_json(path)
+    except CaseError:
         return   # preprocessing reports an unreadable kits.json with its own error
-    have = {e.get("synthetic_fov", "abdomen") for e in entries if isinstance(e, dict) and "twin_of" not in e}
+    have = {e.get("synthetic_fov", "abdomen") for e in entries if isinstance(e, dict) and "twin_of" not in e} \
+        if isinstance(entries, list) else set()
     if have and have != {fov}:
         raise CaseError(str(raw), f"was synthesised with field of view {', '.join(sorted(have))}, but "
                         f"data.synthesize_fov is {fov}; delete the folder (and data.cache) or set another data.raw")

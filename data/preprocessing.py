@@ -31,6 +31,7 @@ The cache is read through data/cache.py (load_preprocessed, load_case_table, ...
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -46,9 +47,22 @@ from data.groups import FIELDS, GroupError, parse_attribute
 from data.kits import CaseRecord, load_case, scan_cohort
 from data.labels import LabelScheme
 from data.progress import track
+from data.untrusted import read_json, short
 from data.resample import resample_image, resample_labels, resampled_shape, separate_axis
 
 FORMAT_VERSION = 1
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"preprocessing setting {name} is a finite number, got {short(value)}")
+    return float(value)
+
+
+def _numbers(name: str, value) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"preprocessing setting {name} is a list of numbers, got {short(value)}")
+    return tuple(_number(name, v) for v in value)
 
 
 @dataclass
@@ -72,12 +86,15 @@ class PreprocessSettings:
     seed: int = 0                 # for the class-location sample
 
     def __post_init__(self):
-        self.target_spacing = tuple(float(s) for s in self.target_spacing)
-        self.clip = tuple(float(c) for c in self.clip)
-        self.age_edges = tuple(float(e) for e in self.age_edges)
-        self.bmi_edges = tuple(float(e) for e in self.bmi_edges)
+        for name in ("target_spacing", "clip", "age_edges", "bmi_edges"):
+            setattr(self, name, _numbers(name, getattr(self, name)))
         for name in ("mean", "std", "anisotropy_threshold", "body_threshold_hu", "min_class_coverage"):
-            setattr(self, name, float(getattr(self, name)))
+            setattr(self, name, _number(name, getattr(self, name)))
+        for name in ("image_order", "image_order_z", "label_order", "label_order_z", "samples_per_class", "seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"preprocessing setting {name} is a whole number, got {short(getattr(self, name))}")
+        if not isinstance(self.label_scheme, str):
+            raise ValueError(f"preprocessing setting label_scheme is a name, got {short(self.label_scheme)}")
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
             raise ValueError(f"target_spacing must be three positive numbers (z, y, x), got {self.target_spacing}")
         if len(self.clip) != 2 or self.clip[0] >= self.clip[1]:
@@ -93,6 +110,8 @@ class PreprocessSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PreprocessSettings":
+        if not isinstance(values, dict):
+            raise ValueError(f"preprocessing settings are a mapping of name to value, got {short(values)}")
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - valid)
         if unknown:
@@ -227,7 +246,12 @@ def check_settings(out_dir: Path, settings: PreprocessSettings, *, overwrite: bo
     path = out_dir / SETTINGS_FILE
     record = {"format_version": FORMAT_VERSION, "settings": settings.to_dict()}
     if path.is_file():
-        previous = json.loads(path.read_text())
+        try:
+            previous = read_json(path)
+        except CaseError:
+            previous = None   # damaged: differs, and is replaced only with overwrite
+        if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+            previous = {"settings": {}}
         if previous != record:
             if not overwrite:
                 changed = sorted(k for k, v in record["settings"].items()
@@ -257,6 +281,8 @@ def _run_one(job):
         return record.case_id, preprocess_case(record, settings, out_dir), None
     except CaseError as exc:
         return record.case_id, None, exc
+    except MemoryError:   # one case too large for this machine: the batch goes on with the others
+        return record.case_id, None, CaseError(record.case_id, "out of memory while preprocessing it")
 
 
 def _worker(job):

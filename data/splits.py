@@ -20,6 +20,7 @@ import numpy as np
 
 from data.atomic import atomic_write
 from data.errors import CaseError
+from data.untrusted import check_case_id, read_json
 
 STUDY_TEST_FRACTION = 50 / 210
 SUBSETS = ("train", "val", "test")
@@ -95,18 +96,29 @@ def save_split(path, split: dict, *, overwrite: bool = False) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(split, indent=1) + "\n"))
 
 
-def load_split(path, *, known_cases=None) -> dict:
-    """Read splits.json; with `known_cases`, every named case must exist."""
+def read_split(path) -> dict:
+    """splits.json as written by save_split, its structure checked: a mapping with a list of case
+    ids per subset (train, val, test; `options` records how it was drawn). No case-level checks."""
     path = Path(path)
-    try:
-        split = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CaseError(str(path), "split file not found") from None
-    except json.JSONDecodeError as exc:
-        raise CaseError(str(path), f"is not valid JSON ({exc})") from None
+    if not path.is_file():
+        raise CaseError(str(path), "split file not found")
+    split = read_json(path)
+    if not isinstance(split, dict):
+        raise CaseError(str(path), "is not a mapping of subset name to case list")
     for key in SUBSETS:
         if not isinstance(split.get(key), list):
             raise CaseError(str(path), f"has no list '{key}'")
+        for i, case_id in enumerate(split[key]):
+            check_case_id(case_id, where=f"{path} {key}[{i}]")
+    if not isinstance(split.get("options", {}), dict):
+        raise CaseError(str(path), "has an 'options' entry that is not a mapping")
+    return split
+
+
+def load_split(path, *, known_cases=None) -> dict:
+    """Read splits.json; every case in one subset only and, with `known_cases`, every named case must exist."""
+    path = Path(path)
+    split = read_split(path)
     named = [c for key in SUBSETS for c in split[key]]
     if len(named) != len(set(named)):
         raise CaseError(str(path), "names a case in more than one subset")

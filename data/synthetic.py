@@ -77,6 +77,7 @@ from data.labels import LabelScheme
 from data.nifti import kits_affine, read_volume, write_volume
 from data.progress import track
 from data.synthetic_anatomy import LEFT, random_field, render_ct
+from data.untrusted import case_path, check_case_id, read_json
 
 __all__ = ["synthesize_ct", "write_cohort_from_labels", "write_procedural_cohort",
            "plan_procedural_case", "ProceduralCase", "DEFAULT_SHAPE", "FOV_Z_MM", "twins_dir", "read_synthesis",
@@ -119,9 +120,8 @@ def _merge_metadata(out_dir: Path, entries: list[dict]) -> None:
     merged: dict[str, dict] = {}
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-            merged = {d["case_id"]: d for d in old if isinstance(d, dict) and "case_id" in d}
-        except (OSError, ValueError):
+            merged = _load_metadata(path)
+        except CaseError:
             merged = {}   # an unreadable old index is rebuilt from this run's cases
     for d in entries:
         merged[d["case_id"]] = d
@@ -158,9 +158,9 @@ def read_synthesis(folder) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CaseError(str(path), f"unreadable synthesis record ({exc})") from None
+        return read_json(path)
+    except CaseError as exc:
+        raise CaseError(str(path), f"unreadable synthesis record ({exc.problem})") from None
 
 
 def _synthesis_record(spec: BiasSpec, generator: str, seed: int, twins_of: str | None = None, **settings) -> dict:
@@ -218,13 +218,15 @@ def _render_args(effect: CaseEffect) -> dict:
 # From real label maps
 # ---------------------------------------------------------------------------------------------
 def _load_metadata(path: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise CaseError(str(path), f"cannot read the metadata file ({type(exc).__name__}: {exc})")
+    """{case_id: entry} of a kits.json; entries without a case id are skipped, a case id that is
+    not a plain name is an error naming the file (it would become a folder name)."""
+    data = read_json(path)
     if not isinstance(data, list):
         raise CaseError(str(path), "expected a list of per-case dicts")
-    return {d["case_id"]: d for d in data if isinstance(d, dict) and "case_id" in d}
+    entries = [d for d in data if isinstance(d, dict) and "case_id" in d]
+    for i, d in enumerate(entries):
+        check_case_id(d["case_id"], where=f"{path} entry {i}")
+    return {d["case_id"]: d for d in entries}
 
 
 def _bmi_of(case_id: str, meta: dict) -> float:
@@ -371,13 +373,13 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
     done: list[str] = []
     entries, twin_entries = [], []
     for case_id in track(case_ids, desc="synthetic CT", enabled=progress):
-        case_out = out_dir / case_id
         effect = effects.get(case_id, NO_EFFECT)
         try:
+            case_out = case_path(out_dir, case_id)
             meta = meta_by_id.get(case_id)
             if meta is None:
                 raise CaseError(case_id, "no entry in the metadata file")
-            seg_path = label_dir / case_id / "segmentation.nii.gz"
+            seg_path = case_path(label_dir, case_id) / "segmentation.nii.gz"
             if scheme is not None:
                 meta = dict(meta, synthetic_label_scheme=str(scheme))
             entry = meta
@@ -388,7 +390,7 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
             elif bias is not None:   # resumed: keep what the first run measured
                 entry = old.get(case_id, dict(meta, synthetic_bias=_record(effect, {})))
             if twins and effect.acts:
-                twin_out = twins_dir(out_dir) / case_id
+                twin_out = case_path(twins_dir(out_dir), case_id)
                 if not _complete(twin_out):
                     _from_labels_case(case_id, meta, seg_path, twin_out, seed, scheme=scheme)
                 twin_entries.append(_twin_entry(meta, out_dir, entry["synthetic_bias"]))
@@ -396,6 +398,8 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
             entries.append(entry)
         except CaseError as err:
             failures.append(err)
+        except MemoryError:   # one case too large for this machine: the others are still written
+            failures.append(CaseError(case_id, "out of memory while synthesising it"))
     if entries or not (out_dir / "kits.json").exists():
         _merge_metadata(out_dir, entries)
     if twin_entries:

@@ -19,7 +19,6 @@ Usage:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 from data.cache import (CASES_FILE, SETTINGS_FILE, SOURCE_FILE, CacheFileError, array_record, check_arrays,
                         load_arrays, load_cache_settings, load_case_table, load_properties)
 from data.errors import CaseError
+from data.splits import SUBSETS, read_split
+from data.untrusted import case_path, read_json
 
 SPLITS_FILE = "splits.json"
 CACHE_LEVEL = "-"   # the case column of a problem with the cache as a whole
@@ -75,27 +76,26 @@ def _check_case(cache: Path, case_id: str, report: CacheReport) -> None:
                                            "content differs from the checksum recorded when it was written"))
 
 
-def _check_splits(cache: Path, listed: set[str], report: CacheReport) -> None:
+def _check_splits(cache: Path, listed: set[str] | None, report: CacheReport) -> None:
+    """splits.json's structure; with `listed` (None: cases.csv unreadable), its cases against it."""
     path = cache / SPLITS_FILE
-    if not path.is_file():
+    if not path.exists():
         return
     try:
-        splits = json.loads(path.read_text())
-        if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
-            raise ValueError("not a mapping of split name to case list")
-    except (OSError, ValueError) as exc:
-        report.problems.append(Problem(CACHE_LEVEL, SPLITS_FILE, f"damaged ({exc}); rewrite it with "
+        splits = read_split(path)
+    except CaseError as exc:
+        report.problems.append(Problem(CACHE_LEVEL, SPLITS_FILE, f"damaged ({exc.problem}); rewrite it with "
                                        "`preprocess.py split --overwrite`", repairable=False))
         return
     seen: dict[str, str] = {}
-    for name, ids in splits.items():
-        for case_id in ids:
+    for name in SUBSETS:
+        for case_id in splits[name]:
             if case_id in seen:
-                report.problems.append(Problem(str(case_id), SPLITS_FILE, f"in both {seen[case_id]} and {name}",
+                report.problems.append(Problem(case_id, SPLITS_FILE, f"in both {seen[case_id]} and {name}",
                                                repairable=False))
             seen[case_id] = name
-            if case_id not in listed:
-                report.problems.append(Problem(str(case_id), SPLITS_FILE, f"in split {name} but not in {CASES_FILE}",
+            if listed is not None and case_id not in listed:
+                report.problems.append(Problem(case_id, SPLITS_FILE, f"in split {name} but not in {CASES_FILE}",
                                                repairable=False))
 
 
@@ -109,14 +109,14 @@ def verify_cache(cache_dir) -> CacheReport:
         load_cache_settings(cache)
     except (CaseError, OSError, ValueError, KeyError, TypeError) as exc:
         report.problems.append(Problem(CACHE_LEVEL, SETTINGS_FILE, f"unreadable ({exc})", repairable=False))
-    listed: set[str] = set()
+    listed: set[str] | None = None
     try:
         listed = set(load_case_table(cache).index)
     except (CaseError, OSError, ValueError, KeyError) as exc:
         report.problems.append(Problem(CACHE_LEVEL, CASES_FILE, f"unreadable ({exc})", repairable=True))
     cached = {p.name[: -len(s)] for s in (".json", "_seg.npy", ".npy") for p in cache.glob(f"case_*{s}")
               if p.name.endswith(s) and not (s == ".npy" and p.name.endswith("_seg.npy"))}
-    for case_id in sorted(listed | cached):
+    for case_id in sorted((listed or set()) | cached):
         report.checked += 1
         _check_case(cache, case_id, report)
         if listed and case_id not in listed:
@@ -153,13 +153,13 @@ def repair_cache(cache_dir, *, raw=None, workers: int = 1, progress: bool = True
     metadata = None
     if raw is None:
         try:
-            source = json.loads((cache / SOURCE_FILE).read_text())
+            source = read_json(cache / SOURCE_FILE)
             raw, metadata = source["raw"], source.get("metadata")
-        except (OSError, ValueError, KeyError, TypeError):
+        except (CaseError, KeyError, TypeError):
             raise CaseError(str(cache), f"records no raw folder ({SOURCE_FILE}); give it with --raw DIR") from None
     for case_id in report.damaged_cases:
         for suffix in (".json", ".npy", "_seg.npy"):      # properties first: the case is incomplete from here
-            (cache / f"{case_id}{suffix}").unlink(missing_ok=True)
+            case_path(cache, case_id, suffix).unlink(missing_ok=True)   # never outside the cache
     cases = sorted({p.name[:-5] for p in cache.glob("case_*.json")} | set(report.damaged_cases))
     result = run_preprocessing(raw, cache, load_cache_settings(cache), workers=workers, metadata_path=metadata,
                                cases=cases, progress=progress)

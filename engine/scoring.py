@@ -28,6 +28,7 @@ import torch
 from data.cache import load_preprocessed
 from data.errors import CaseError
 from data.nifti import read_volume
+from data.untrusted import case_path
 from data.writeback import to_original_geometry, write_prediction
 from fairness.metrics import case_scores
 from fairness.surface import DEFAULT_TOLERANCE_MM
@@ -83,9 +84,9 @@ class CaseScorer:
         if tuple(ref_labels.shape) != tuple(props["original_shape"]):
             raise CaseError(case_id, f"label map {ref_labels.shape} is not the shape the cache recorded "
                             f"{tuple(props['original_shape'])}: cache and raw folder disagree")
-        pred_file = pred_dir / f"{case_id}.nii.gz"
+        pred_file = case_path(pred_dir, case_id, ".nii.gz")
         if pred_file.is_file():  # written atomically: a file that exists is complete
-            labels = read_volume(pred_file, where=case_id).array.astype(np.uint8)
+            labels = read_volume(pred_file, where=case_id, shape=ref_labels.shape).array.astype(np.uint8)
             self.reused += 1
         else:
             labels = to_original_geometry(self.predict(case_id, image), props,
