@@ -29,6 +29,8 @@ import yaml
 
 from data.augment import AugmentSettings
 from data.preprocessing import PreprocessSettings
+from data.errors import CaseError
+from data.untrusted import parse_yaml, read_yaml, short
 
 DEFAULTS = {
     "data": {
@@ -139,6 +141,45 @@ class ConfigError(ValueError):
     pass
 
 
+# numeric keys and the range a run can use: (low, high, low excluded); None: unbounded
+RANGES = {
+    "data.synthesize_cases": (0, None, False), "data.synthesize_seed": (0, None, False),
+    "data.preprocess_workers": (1, 256, False), "data.split_seed": (0, None, False),
+    "data.test": (0, None, False), "data.val": (0, None, False),
+    "optim.lr": (0, None, True), "optim.momentum": (0, 1, False), "optim.weight_decay": (0, None, False),
+    "optim.poly_exponent": (0, None, True), "optim.grad_clip": (0, None, True),
+    "train.epochs": (1, None, False), "train.batch_size": (1, None, False), "train.seed": (0, None, False),
+    "train.workers": (0, 256, False), "train.checkpoint_every": (1, None, False), "train.log_every": (1, None, False),
+    "train.max_nonfinite_steps": (1, None, False), "train.image_slices": (0, None, False),
+    "eval.every": (1, None, False), "eval.overlap": (0, 0.95, False), "eval.tile_batch": (1, None, False),
+    "eval.max_cases": (0, None, False),
+    "fairness.dro.cvar_level": (0, 1, True), "fairness.dro.eta": (0, None, False),
+    "fairness.dro.tau_lr": (0, None, False), "fairness.dro.warmup": (0, 1, False),
+    "fairness.fairmeta.seg_weight": (0, None, False), "fairness.fairmeta.cls_weight": (0, None, False),
+    "fairness.fairmeta.cls_warmup": (0, 1, False),
+    "fairness.dmoe.experts": (1, None, False), "fairness.dmoe.top_k": (1, None, False),
+}
+MIN_PATCH = 4   # voxels per axis; the network checks its own strides divide the patch
+
+
+def _check_ranges(cfg: dict) -> None:
+    for path, (low, high, low_excluded) in RANGES.items():
+        section, *keys = path.split(".")
+        value = cfg[section]
+        for key in keys:
+            value = value[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (low_excluded and value == low) or (high is not None and value > high):
+            bound = f"{'above' if low_excluded else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+            raise ConfigError(f"config key {path!r} must be a number {bound}, got {short(value)}")
+    patch = cfg["train"]["patch_size"]
+    if len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= MIN_PATCH for p in patch):
+        raise ConfigError(f"config key 'train.patch_size' is three whole numbers >= {MIN_PATCH} (z, y, x), "
+                          f"got {short(patch)}")
+
+
 def _merge(base: dict, over: dict, where: str, strict: bool) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -156,7 +197,7 @@ def _merge(base: dict, over: dict, where: str, strict: bool) -> dict:
         else:
             if strict and path in EITHER_TYPE:
                 if not isinstance(value, EITHER_TYPE[path]):
-                    raise ConfigError(f"config key {path!r} expects a name or a list of names, got {value!r}")
+                    raise ConfigError(f"config key {path!r} expects a name or a list of names, got {short(value)}")
             elif strict:
                 _check_type(path, base[key], value)
             out[key] = copy.deepcopy(value)
@@ -177,30 +218,28 @@ def _check_type(path: str, default, value) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"config key {path!r} expects {type(default).__name__}, got {value!r}")
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error on one line: the problem and where (PyYAML's own text spans several lines)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+        raise ConfigError(f"config key {path!r} expects {type(default).__name__}, got {short(value)}")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise ConfigError(f"config {path} inherits from itself")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        raw = read_yaml(path) or {}
+    except CaseError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
+    for section, value in raw.items():
+        if section != "base" and not isinstance(value, dict):
+            raise ConfigError(f"{path}: section {short(section)} is {short(value)}; a section is a mapping of keys")
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base is {short(base)}; it names the config file this one extends")
     parent = _read_yaml((path.parent / base).resolve(), seen + (path,))
     return _merge(parent, raw, "", strict=False)
 
@@ -210,8 +249,10 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+        parsed = parse_yaml(value, where=f"--set {key}")
+    except CaseError as exc:
+        if not str(exc.problem).startswith("not valid YAML"):
+            raise ConfigError(str(exc)) from None   # a bomb or a nest: refused, never kept as text
         parsed = value
     return key.strip().split("."), parsed
 
@@ -237,6 +278,7 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
         cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
     _check_methods(cfg["fairness"]["method"])
     _check_eval_metrics(cfg["eval"])
+    _check_ranges(cfg)
     if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
         raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
     return cfg
@@ -301,9 +343,9 @@ def yaml_load(path) -> dict:
     """A YAML mapping from a file, or a ConfigError naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({_yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else exc})") from None
+        data = read_yaml(path)
+    except CaseError as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc.problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping")
     return data

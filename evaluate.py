@@ -59,15 +59,19 @@ SER = worst / best distance). Their files carry the metric's name: groups_sex_ns
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 
 from data.atomic import write_csv, write_figure, write_text
-from data.errors import CaseError, format_failures
+from data.errors import CaseError, format_failures, report_error
+from data.arguments import number, whole
+from data.lock import refuse_finished, results_folder
+from data.untrusted import case_list, case_path
 from data.progress import track
 from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
@@ -75,20 +79,20 @@ from fairness.metrics import METRICS as METRIC_NAMES
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path:
-    for candidate in (pred_dir / f"{case_id}.nii.gz", pred_dir / case_id / "segmentation.nii.gz"):
+    for candidate in (case_path(pred_dir, case_id, ".nii.gz"), case_path(pred_dir, case_id) / "segmentation.nii.gz"):
         if candidate.is_file():
             return candidate
     raise CaseError(case_id, f"no prediction in {pred_dir} ({case_id}.nii.gz or {case_id}/segmentation.nii.gz)")
 
 
 def meta_columns(meta: dict, attributes) -> dict:
-    """A case's bmi (a covariate, NaN if unknown) and its group under each attribute (GroupError if none)."""
+    """A case's BMI (the covariate bmi_kg_m2, NaN if unknown) and its group under each attribute (GroupError if none)."""
     from data.groups import FIELDS, GroupError, numeric_value
     try:
         bmi = numeric_value(meta, FIELDS["bmi"])
     except GroupError:
         bmi = float("nan")
-    return {"bmi": bmi, **{attribute.name: attribute.group_of(meta) for attribute in attributes}}
+    return {"bmi_kg_m2": bmi, **{attribute.name: attribute.group_of(meta) for attribute in attributes}}
 
 
 def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases=None, label_scheme="kits19",
@@ -101,7 +105,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     from data.groups import GroupError, parse_attribute
     from data.kits import load_case, scan_cohort
     from data.labels import LabelScheme
-    from data.nifti import read_volume
+    from data.nifti import read_geometry, read_volume
     from data.preprocessing import class_volumes_ml
     from fairness.metrics import case_scores
     from fairness.surface import DEFAULT_TOLERANCE_MM
@@ -117,10 +121,11 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
             if not ref.labels.any():  # KiTS Dice is undefined without a reference kidney
                 raise CaseError(record.case_id, f"reference label map is empty (no kidney) in "
                                 f"{record.label_path.name}: nothing to score against")
-            pred = read_volume(pred_file, where=record.case_id)
-            if pred.array.shape != ref.shape:
-                raise CaseError(record.case_id, f"prediction shape {pred.array.shape} differs from the "
+            pred_shape = read_geometry(pred_file, where=record.case_id)[0]   # the header: before any data
+            if pred_shape != ref.shape:
+                raise CaseError(record.case_id, f"prediction shape {pred_shape} differs from the "
                                 f"reference {ref.shape}: predictions must be in the original geometry")
+            pred = read_volume(pred_file, where=record.case_id, shape=ref.shape)
             if not np.allclose(pred.spacing, ref.spacing, rtol=1e-3):
                 raise CaseError(record.case_id, f"prediction spacing {pred.spacing} differs from the "
                                 f"reference {ref.spacing}")
@@ -138,6 +143,8 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
             failures.append(CaseError(record.case_id, str(exc)))
         except CaseError as exc:
             failures.append(exc)
+        except MemoryError:   # one case too large for this machine: the others are still scored
+            failures.append(CaseError(record.case_id, "out of memory while scoring it"))
     return pd.DataFrame(rows), attributes, failures
 
 
@@ -193,6 +200,9 @@ def reference_spacing(reference_file, case_id: str, gt: Path | None):
     return None
 
 
+FINISHED = "per_case.csv"   # written last: a results folder holding it is finished
+
+
 def save_per_case(per_case: pd.DataFrame, out: Path) -> None:
     """The scores as nnU-Net's summary.json (naming the files scored), then per_case.csv without the file
     names (the same results in another folder give the same table); per_case.csv last: it marks the folder
@@ -201,18 +211,6 @@ def save_per_case(per_case: pd.DataFrame, out: Path) -> None:
 
     write_summary(out / "summary.json", summary_from_per_case(per_case))
     write_csv(per_case.drop(columns=list(FILE_COLUMNS), errors="ignore"), out / "per_case.csv", index=False)
-
-
-def open_out_dir(path: Path, overwrite: bool) -> Path:
-    """A results folder: refused when it holds finished results, unless --overwrite."""
-    if (path / "per_case.csv").exists() and not overwrite:
-        raise CaseError(str(path), "holds results (per_case.csv); pass --overwrite to replace them or choose "
-                        "another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CaseError(str(path), f"cannot create the results folder ({exc.strerror or exc})") from None
-    return path
 
 
 def adjust_for(args) -> list:
@@ -294,6 +292,8 @@ def write_report(rep, per_case: pd.DataFrame, attribute: str, out_dir: Path | No
 
 def cmd_audit(args) -> int:
     """--pred (label maps scored here) or --nnunet-summary (nnU-Net's scores as they are)."""
+    if args.out is not None:   # before the scoring; asked again under the folder's lock
+        refuse_finished(args.out, overwrite=args.overwrite, marker=FINISHED)
     if args.nnunet_summary is not None:
         per_case, attributes, failures, notes = summary_cases(args)
         source, title = args.nnunet_summary, f"nnU-Net's scores in {args.nnunet_summary}"
@@ -313,10 +313,11 @@ def cmd_audit(args) -> int:
     # the bootstrap draws by row: one order (by case id) makes the same cases the same audit, whatever
     # order --cases or a summary listed them in
     per_case = per_case.sort_values("case_id", kind="stable", ignore_index=True)
-    out = open_out_dir(args.out, args.overwrite) if args.out is not None else None
-    write_reports(per_case, attributes, out, args, title=title, metrics=args.metric or ["dice"])
-    if out is not None:
-        save_per_case(per_case, out)
+    out = args.out
+    with results_folder(out, overwrite=args.overwrite, marker=FINISHED) if out is not None else nullcontext():
+        write_reports(per_case, attributes, out, args, title=title, metrics=args.metric or ["dice"])
+        if out is not None:
+            save_per_case(per_case, out)
     print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
     if failures:
         print(format_failures(failures), file=sys.stderr)
@@ -456,28 +457,27 @@ def checkpoint_metrics(args, cfg: dict) -> list[str]:
 def cmd_ckpt(args) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
-    from fairness.report import seed_summary_line, seed_table, to_latex, to_markdown
-
     paths = [Path(p) for p in args.ckpt]
     for path in paths:
         if not path.is_file():
             raise CaseError(str(path), "checkpoint not found")
     all_reports, failed = [], 0
     for i, path in enumerate(paths):
-        out_dir = open_out_dir(ckpt_out_dir(path, args, i, len(paths)), args.overwrite)
+        out_dir = ckpt_out_dir(path, args, i, len(paths))
         on_interrupt(lambda exc, path=path, out_dir=out_dir:
                      f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
                      "the same command continues from them")
-        per_case, attributes, failures, metrics = evaluate_checkpoint(path, args, out_dir)
-        if per_case.empty:
-            print(format_failures(failures), file=sys.stderr)
-            raise CaseError(str(path), "no case could be scored")
-        writer = SummaryWriter(str(out_dir))
-        title = f"{path.parent.name}/{path.name}, {len(per_case)} cases"
-        all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
-                                         metrics=metrics))
-        writer.close()
-        save_per_case(per_case, out_dir)
+        with results_folder(out_dir, overwrite=args.overwrite, marker=FINISHED):
+            per_case, attributes, failures, metrics = evaluate_checkpoint(path, args, out_dir)
+            if per_case.empty:
+                print(format_failures(failures), file=sys.stderr)
+                raise CaseError(str(path), "no case could be scored")
+            writer = SummaryWriter(str(out_dir))
+            title = f"{path.parent.name}/{path.name}, {len(per_case)} cases"
+            all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
+                                             metrics=metrics))
+            writer.close()
+            save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
         if failures:
             print(format_failures(failures), file=sys.stderr)
@@ -485,19 +485,26 @@ def cmd_ckpt(args) -> int:
     if len(paths) > 1:
         agg_dir = args.out if args.out is not None else \
             Path(os.path.commonpath([p.parent.resolve() for p in paths])) / f"eval-{paths[0].stem}-seeds"
-        agg_dir = open_out_dir(agg_dir, args.overwrite) if args.out is None else agg_dir
-        for name in all_reports[0]:
-            table, agg = seed_table([r[name].audit for r in all_reports])
-            line = seed_summary_line(agg, all_reports[0][name].audit.metric)
-            m = all_reports[0][name].audit.metric
-            print(f"\n{len(paths)} checkpoints, grouped by {name} ({m.label} {m.unit}, mean ± std over seeds):\n"
-                  f"{table.to_string()}\n{line}")
-            write_csv(pd.DataFrame(agg).T.rename_axis("figure"), agg_dir / f"seeds_{name}.csv")
-            write_text(agg_dir / f"seeds_{name}.md", to_markdown(table) + f"\n{line}\n")
-            write_text(agg_dir / f"seeds_{name}.tex", to_latex(table, caption=f"By {name}. {line}"))
-        write_text(agg_dir / "checkpoints.txt", "\n".join(str(p.resolve()) for p in paths) + "\n")
+        with results_folder(agg_dir, overwrite=args.overwrite, marker="checkpoints.txt"):
+            write_seed_tables(all_reports, paths, agg_dir)
         print(f"\nseed aggregate in {agg_dir}")
     return 1 if failed else 0
+
+
+def write_seed_tables(all_reports, paths, agg_dir: Path) -> None:
+    """Each attribute's figures as mean ± std over the checkpoints; checkpoints.txt (last) lists them."""
+    from fairness.report import seed_summary_line, seed_table, to_latex, to_markdown
+
+    for name in all_reports[0]:
+        table, agg = seed_table([r[name].audit for r in all_reports])
+        line = seed_summary_line(agg, all_reports[0][name].audit.metric)
+        m = all_reports[0][name].audit.metric
+        print(f"\n{len(paths)} checkpoints, grouped by {name} ({m.label} {m.unit}, mean ± std over seeds):\n"
+              f"{table.to_string()}\n{line}")
+        write_csv(pd.DataFrame(agg).T.rename_axis("figure"), agg_dir / f"seeds_{name}.csv")
+        write_text(agg_dir / f"seeds_{name}.md", to_markdown(table) + f"\n{line}\n")
+        write_text(agg_dir / f"seeds_{name}.tex", to_latex(table, caption=f"By {name}. {line}"))
+    write_text(agg_dir / "checkpoints.txt", "\n".join(str(p.resolve()) for p in paths) + "\n")
 
 
 # ----------------------------------------------------------------------------- --compare
@@ -586,10 +593,6 @@ def compare_out_dir(args) -> Path:
     out = args.out or Path(os.path.commonpath([Path(f).resolve() for f in args.compare])) / "compare"
     if len(args.compare) == 1:
         out = args.out or Path(args.compare[0]) / "compare"
-    name = f"compare{metric_suffix(args)}.csv"
-    if (out / name).exists() and not args.overwrite:
-        raise CaseError(str(out), f"holds a comparison ({name}); pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -637,14 +640,24 @@ def ties(frames: dict, leader: str, attr: str, statistic: str, orders: dict, arg
 
 
 def cmd_compare(args) -> int:
-    from fairness.figures import tradeoff_plot
-    from fairness.report import compare_display, compare_table, pareto_front, to_latex, to_markdown
+    from fairness.report import compare_display, compare_table
 
     metric, suffix = compare_metric(args), metric_suffix(args)
     methods, frames, orders = load_methods(args)
     table = compare_table(methods)
     shown = compare_display(table)
     out = compare_out_dir(args)
+    with results_folder(out, overwrite=args.overwrite, marker=f"compare{suffix}.csv"):
+        write_comparison(table, shown, frames, orders, methods, metric, suffix, out, args)
+    print(f"\ntables and figures in {out}")
+    return 0
+
+
+def write_comparison(table, shown, frames, orders, methods, metric, suffix: str, out: Path, args) -> None:
+    """The comparison's lines, trade-off figures and tables (compare.csv last: it marks it finished)."""
+    from fairness.figures import tradeoff_plot
+    from fairness.report import pareto_front, to_latex, to_markdown
+
     unit = f"{metric.label} {metric.unit}"
     print(f"\nmethods side by side ({unit} and SD in {metric.unit}: mean ± std over seeds):\n{shown.to_string()}")
     pick = max if metric.higher_is_better else min
@@ -668,11 +681,9 @@ def cmd_compare(args) -> int:
         plt.close(fig)
     if args.baseline is not None:
         table = paired_columns(table, frames, orders, args)
-    write_csv(table, out / f"compare{suffix}.csv")
     write_text(out / f"compare{suffix}.md", to_markdown(shown))
     write_text(out / f"compare{suffix}.tex", to_latex(shown, caption=f"{unit} and fairness, mean ± std over seeds"))
-    print(f"\ntables and figures in {out}")
-    return 0
+    write_csv(table, out / f"compare{suffix}.csv")
 
 
 def cmd_group_dice(args) -> int:
@@ -681,11 +692,14 @@ def cmd_group_dice(args) -> int:
     for item in args.group_dice:
         name, sep, value = item.rpartition("=")  # group names may hold "=", like ">=70"
         try:
-            groups[name] = float(value)
+            dice = float(value)
         except ValueError:
             sep = ""
-        if not sep or not name:
-            raise CaseError(item, "expected GROUP=DICE, e.g. male=84.2")
+        if not sep or not name or not math.isfinite(dice if sep else 0.0):
+            raise CaseError(item, "expected GROUP=DICE with a finite Dice, e.g. male=84.2")
+        if name in groups:
+            raise CaseError(item, f"group {name} is given twice ({name}={groups[name]:g} and {item})")
+        groups[name] = dice
     s = fairness_summary(groups, overall=args.overall)
     unit = "%" if s["scale"] == "percent" else ""
     print(f"groups {len(groups)}: SD {s['sd']:.2f}{unit}   SER {s['ser']:.2f}   "
@@ -711,17 +725,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", type=Path, help="with --pred: KiTS-layout folder of reference label maps + metadata; "
                         "with --nnunet-summary: where to find the reference label maps' headers (volumes)")
     parser.add_argument("--meta", type=Path, help="metadata JSON (default: the folder's kits.json)")
-    parser.add_argument("--cases", type=lambda t: [c for c in t.split(",") if c], help="only these case ids (a,b,c)")
+    parser.add_argument("--cases", type=case_list, help="only these case ids (a,b,c)")
     ck = parser.add_argument_group("with --ckpt")
     ck.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                     help="which cases of the run's cache (default: the test split)")
     ck.add_argument("--data", type=Path, help="predict this KiTS-layout folder instead (preprocessed like the run)")
     ck.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     ck.add_argument("--amp", default="auto", help="autocast on CUDA: auto, bf16, fp16, off")
-    ck.add_argument("--overlap", type=float, help="sliding-window overlap (default: the run's eval.overlap, 0.5)")
+    ck.add_argument("--overlap", type=number(low=0, high=1, open_high=True), help="sliding-window overlap (default: the run's eval.overlap, 0.5)")
     ck.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                     help="test-time mirroring over all 8 flips (default: the run's eval.mirror)")
-    ck.add_argument("--tile-batch", type=int, help="tiles per forward pass (default: the run's eval.tile_batch)")
+    ck.add_argument("--tile-batch", type=whole(minimum=1), help="tiles per forward pass (default: the run's eval.tile_batch)")
     cmp = parser.add_argument_group("with --compare")
     cmp.add_argument("--baseline", metavar="NAME",
                      help="the method (folder name) the others are compared with, paired over the same test "
@@ -734,25 +748,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-case metric(s) every table, statistic and figure is made for: dice (KiTS19's, the "
                          "default), nsd (normalised surface Dice), hd95, assd (mm, lower is better); several: a set "
                          "of tables each (default: dice; --ckpt: the run's eval.metrics)")
-    me.add_argument("--surface-tolerance", type=float, metavar="MM",
+    me.add_argument("--surface-tolerance", type=number(low=0), metavar="MM",
                     help="NSD tolerance in mm (default: the run's eval.surface_tolerance_mm, else 2)")
     st = parser.add_argument_group("statistics")
-    st.add_argument("--cvar-level", type=float, default=0.2,
+    st.add_argument("--cvar-level", type=number(low=0, high=1, open_low=True), default=0.2,
                     help="within-group tail: the CVaR of the worst fraction of a group's cases (0.2)")
     st.add_argument("--alpha", type=float, help=argparse.SUPPRESS)  # the old name: refused with its new one
-    st.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
-    st.add_argument("--n-perm", type=int, default=5000,
+    st.add_argument("--n-boot", type=whole(minimum=20), default=2000, help="bootstrap resamples (2000; at least 20)")
+    st.add_argument("--n-perm", type=whole(minimum=100), default=5000,
                     help="draws of the noise-alone bootstrap and of the gap test's parametric bootstrap with more than "
-                         "two groups (5000)")
+                         "two groups (5000; at least 100)")
     st.add_argument("--adjust-for", nargs="+", metavar="COLUMN",
                     help="case-mix covariates of the adjusted gap: per-case columns, log_<column> for "
                          "log(1 + column); default log_tumor_ml log_kidney_ml bmi; 'none' for no adjustment")
-    st.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    st.add_argument("--seed", type=whole(minimum=0), default=0, help="bootstrap seed (0)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
     parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "
                         "--nnunet-summary's keys (kits19 default)")
-    parser.add_argument("--overall", type=float, help="with --group-dice: Dice over all cases, for ES-Dice")
+    parser.add_argument("--overall", type=number(), help="with --group-dice: Dice over all cases, for ES-Dice")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
@@ -776,11 +790,8 @@ def main(argv=None) -> int:
         if args.pred is not None and args.gt is None:
             parser.error("--pred needs --gt, the folder of reference label maps")
         return cmd_audit(args)
-    except (CaseError, ValueError, KeyError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:   # bad input of any kind: one line (Ctrl-C and SIGTERM are not Exceptions)
+        return report_error(exc, debug=args.debug)
 
 
 if __name__ == "__main__":

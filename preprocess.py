@@ -38,37 +38,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from data.errors import CaseError, format_failures
+from data.arguments import amount, grid, numbers, whole
+from data.errors import CaseError, format_failures, report_error
+from data.untrusted import case_list
 from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
-
-
-def _floats(n: int | None = None):
-    def parse(text: str):
-        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
-        if n is not None and len(values) != n:
-            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, got {text!r}")
-        return values
-    return parse
-
-
-def _ints3(text: str):
-    values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected z,y,x, got {text!r}")
-    return values
-
-
-def _case_list(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
-def _amount(text: str) -> float:
-    value = float(text)
-    return int(value) if value >= 1 else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,14 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     syn = sub.add_parser("synthesize", help="write a synthetic KiTS-layout cohort (imaging, segmentation, kits.json)")
     syn.add_argument("--out", required=True, type=Path, help="folder to write the cohort into")
     syn.add_argument("--from-labels", type=Path, help="synthesise CT around the label maps of this KiTS folder")
-    syn.add_argument("--only", type=_case_list, help="with --from-labels: comma-separated case ids")
+    syn.add_argument("--only", type=case_list, help="with --from-labels: comma-separated case ids")
     syn.add_argument("--metadata", type=Path, help="with --from-labels: metadata JSON (default DIR/kits.json)")
-    syn.add_argument("--cases", type=int, help="procedural: number of cases")
-    syn.add_argument("--shape", type=_ints3, help="procedural: grid z,y,x (default: the generator's demo size)")
+    syn.add_argument("--cases", type=whole(minimum=1), help="procedural: number of cases")
+    syn.add_argument("--shape", type=grid(minimum=4), help="procedural: grid z,y,x (default: the generator's demo size)")
     syn.add_argument("--fov", choices=["abdomen", "kidneys"], default=None,
                      help="procedural: field of view written, the whole abdomen (default) or a box "
                           "around the kidneys and tumors with a 25 mm margin")
-    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("--seed", type=whole(minimum=0), default=0, help="random seed (default 0)")
     syn.add_argument("--bias", type=Path, metavar="FILE",
                      help="bias specification (YAML, e.g. configs/bias/low_dose_female.yaml): group-conditioned "
                           "noise, slice_mm, contrast, blur, tumor_scale, label_noise, share, hidden")
@@ -101,16 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--raw", required=True, type=Path, help="KiTS-layout folder with imaging and segmentation")
     run.add_argument("--out", required=True, type=Path, help="cache folder")
     run.add_argument("--metadata", type=Path, help="metadata JSON (default RAW/kits.json)")
-    run.add_argument("--cases", type=_case_list, help="only these comma-separated case ids")
-    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    run.add_argument("--cases", type=case_list, help="only these comma-separated case ids")
+    run.add_argument("--workers", type=whole(minimum=1, maximum=256), default=1, help="parallel worker processes (default 1)")
     run.add_argument("--overwrite", action="store_true", help="redo every case if the cache has other settings")
     run.add_argument("--config", type=Path, help="YAML config whose data.preprocess section gives the settings")
-    run.add_argument("--spacing", type=_floats(3), help="target spacing z,y,x in mm (default 3.22,1.62,1.62)")
-    run.add_argument("--clip", type=_floats(2), help="HU window low,high (default -79,304)")
-    run.add_argument("--norm", type=_floats(2), help="normalisation mean,std (default 101,76.9)")
+    run.add_argument("--spacing", type=numbers(3, positive=True), help="target spacing z,y,x in mm (default 3.22,1.62,1.62)")
+    run.add_argument("--clip", type=numbers(2), help="HU window low,high (default -79,304)")
+    run.add_argument("--norm", type=numbers(2), help="normalisation mean,std (default 101,76.9)")
     run.add_argument("--label-scheme", help="kits19 (default), kits23-cyst-kidney, kits23-cyst-background, "
                      "or a map like 0:0,1:1,2:2,3:1")
-    run.add_argument("--split-seed", type=int, default=0, help="seed of the splits.json written when none exists")
+    run.add_argument("--split-seed", type=whole(minimum=0), default=0, help="seed of the splits.json written when none exists")
     run.add_argument("--no-progress", action="store_true")
 
     ver = sub.add_parser("verify", help="check every file of a training cache (exit 1 on a problem)")
@@ -118,25 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--repair", action="store_true",
                      help="preprocess the damaged cases again from the raw folder the cache records")
     ver.add_argument("--raw", type=Path, help="with --repair: the raw folder (default: CACHE/source.json's)")
-    ver.add_argument("--workers", type=int, default=1, help="with --repair: parallel worker processes")
+    ver.add_argument("--workers", type=whole(minimum=1, maximum=256), default=1, help="with --repair: parallel worker processes")
     ver.add_argument("--no-progress", action="store_true")
 
     spl = sub.add_parser("split", help="write CACHE/splits.json: seeded train/val/test split")
     spl.add_argument("--cache", required=True, type=Path, help="preprocessed cache folder (with cases.csv)")
-    spl.add_argument("--seed", type=int, default=0)
-    spl.add_argument("--test", type=_amount, default=None,
+    spl.add_argument("--seed", type=whole(minimum=0), default=0)
+    spl.add_argument("--test", type=amount, default=None,
                      help="test cases: a count, or a fraction < 1 (default 50/210, the study's 50 of 210)")
-    spl.add_argument("--val", type=_amount, default=0.0, help="validation: a count or a fraction of train")
+    spl.add_argument("--val", type=amount, default=0.0, help="validation: a count or a fraction of train")
     spl.add_argument("--stratify", help="grouping attribute to stratify by (sex, age, sex,age, ...)")
     spl.add_argument("--overwrite", action="store_true", help="replace an existing splits.json")
 
     nn = sub.add_parser("export-nnunet", help="write a KiTS-layout folder as an nnU-Net v2 raw dataset")
     nn.add_argument("--raw", required=True, type=Path, help="KiTS-layout folder with imaging and segmentation")
     nn.add_argument("--out", required=True, type=Path, help="nnU-Net's raw folder ($nnUNet_raw)")
-    nn.add_argument("--id", required=True, type=int, help="dataset id, 1..999: DatasetNNN_Name")
+    nn.add_argument("--id", required=True, type=whole(minimum=1, maximum=999), help="dataset id, 1..999: DatasetNNN_Name")
     nn.add_argument("--name", default="KiTS19Fair", help="dataset name (default KiTS19Fair)")
     nn.add_argument("--metadata", type=Path, help="metadata JSON (default RAW/kits.json)")
-    nn.add_argument("--cases", type=_case_list, help="only these comma-separated case ids (no --splits)")
+    nn.add_argument("--cases", type=case_list, help="only these comma-separated case ids (no --splits)")
     nn.add_argument("--splits", type=Path, metavar="SPLITS_JSON",
                     help="our split (e.g. CACHE/splits.json): train+val to imagesTr, test to imagesTs, and "
                          "splits_final.json with fold 0 = our train / val")
@@ -194,12 +170,14 @@ def settings_from_args(args):
     from data.preprocessing import PreprocessSettings
     values = {}
     if args.config is not None:
-        import yaml
-        try:
-            config = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise CaseError(str(args.config), f"cannot read config ({exc})") from None
-        values.update(((config.get("data") or {}).get("preprocess") or {}))
+        from data.untrusted import read_yaml
+        config = read_yaml(args.config) or {}
+        data = (config.get("data") or {}) if isinstance(config, dict) else None
+        section = (data.get("preprocess") or {}) if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise CaseError(str(args.config), "a config is a mapping of sections whose data.preprocess section "
+                                              "maps preprocessing settings to values")
+        values.update(section)
     for flag, key in (("spacing", "target_spacing"), ("clip", "clip"), ("label_scheme", "label_scheme")):
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
@@ -309,11 +287,8 @@ def main(argv=None) -> int:
     on_interrupt(lambda exc: f"during {args.command}; {KEPT_ON_INTERRUPT[args.command]}")
     try:
         return commands[args.command](args)
-    except CaseError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:   # bad input of any kind: one line (Ctrl-C and SIGTERM are not Exceptions)
+        return report_error(exc, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
     python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --slurm --slurm-opt partition=gpu time=48:00:00
     python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --task 1   # run 1 of it (seed 1) alone
     python train.py --config configs/resm_sex.yaml --seeds 0 1 2 --prepare-only   # its data, nothing else
+    python train.py --convert-checkpoint old/last.pt      # a checkpoint of fairkits < format 3 (trusted files only)
 
 Reads top to bottom as phases: resolve the run -> data -> model and mitigations -> fit -> test
 tables. The machinery lives in engine/ (runtime, data, trainer, scoring, run folders), the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from config import ConfigError, dump_config, load_config
 from data.atomic import write_text
-from data.errors import CaseError
+from data.errors import report_error
 from engine.builders import check_choices
 from engine.fit import Env, Trainer, TrainingStopped
 from engine.interrupts import Interrupted, on_interrupt
@@ -39,7 +39,7 @@ from engine.runs import (batch_folder, create_run_dir, is_finished, new_run_dir,
                          planted_bias_line, training_interrupted, write_test_tables)
 from engine.slurm import submit, train_command, write_scripts
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
-from models.checkpoint import load_checkpoint
+from models.checkpoint import FORMAT_VERSION, convert_checkpoint, load_checkpoint
 
 
 def parse_args(argv=None):
@@ -65,6 +65,10 @@ def parse_args(argv=None):
                    help="with --slurm: an sbatch option (partition=gpu gpus=1 time=48:00:00 mem=64G cpus=8 "
                         "account=X; prep.KEY=VALUE for the preprocessing job; see engine/slurm.py)")
     p.add_argument("--submit", action="store_true", help="with --slurm: submit the scripts with sbatch")
+    p.add_argument("--convert-checkpoint", type=Path, metavar="OLD_PT",
+                   help="rewrite a checkpoint of an earlier fairkits as data (format 3) beside it (OLD-v3.pt, or "
+                        "--out). It unpickles OLD_PT, which can run code: only for a file you trust")
+    p.add_argument("--out", type=Path, metavar="NEW_PT", help="with --convert-checkpoint: where to write it")
     p.add_argument("--no-progress", action="store_true", help="no progress display (logs only)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
@@ -82,6 +86,10 @@ def check_modes(args) -> None:
     if args.slurm and (args.task is not None or args.prepare_only or args.resume is not None):
         raise ConfigError("--slurm writes the scripts that run --prepare-only and --task; drop --task / "
                           "--prepare-only / --resume")
+    if args.out is not None and args.convert_checkpoint is None:
+        raise ConfigError("--out goes with --convert-checkpoint")
+    if args.convert_checkpoint is not None and (args.config or args.seeds or args.sweep or args.resume or args.set):
+        raise ConfigError("--convert-checkpoint converts a file and stops; give it alone (with --out)")
     if args.prepare_only and (args.resume is not None or args.task is not None):
         raise ConfigError("--prepare-only prepares the data of a --config / --seeds / --sweep command; "
                           "drop --resume / --task")
@@ -90,6 +98,8 @@ def check_modes(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_modes(args)
+    if args.convert_checkpoint is not None:
+        return convert(args)
     try:
         if args.slurm:
             return write_slurm(args)
@@ -101,6 +111,15 @@ def main(argv=None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def convert(args) -> int:
+    """--convert-checkpoint: an earlier version's checkpoint, unpickled once at the user's word, as data."""
+    print(f"warning: unpickling {args.convert_checkpoint}: this runs whatever code the file holds; "
+          "convert only checkpoints you trust", file=sys.stderr, flush=True)
+    new = convert_checkpoint(args.convert_checkpoint, args.out)
+    print(f"converted {args.convert_checkpoint} -> {new} (format {FORMAT_VERSION}: read as data from now on)")
+    return 0
 
 
 def run_many(args) -> int:
@@ -283,8 +302,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (Interrupted, KeyboardInterrupt) as exc:
         sys.exit(report_interrupt(exc, debug="--debug" in sys.argv))
-    except (ConfigError, CaseError, ValueError, FileNotFoundError, TrainingStopped) as exc:
-        if "--debug" in sys.argv:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:   # bad input of any kind: one line (Ctrl-C and SIGTERM are not Exceptions)
+        sys.exit(report_error(exc, debug="--debug" in sys.argv, expected=(TrainingStopped,)))

@@ -7,10 +7,17 @@ Usage:
 A file that cannot be written is a WriteError (a CaseError naming the path).
 
 Batch work catches CaseError per case, carries on with the others, and lists the failures at
-the end (see `format_failures`). Anything that is not a CaseError is a bug and keeps its
-traceback.
+the end (see `format_failures`). An entry script's main turns whatever reaches it into one line
+on stderr and exit code 2 (`report_error`); the traceback only with --debug.
 """
 from __future__ import annotations
+
+import sys
+import traceback
+
+# what bad input raises and whose message says it all; anything else is named by its type
+EXPECTED = (ValueError, KeyError, FileNotFoundError, FileExistsError)
+MESSAGE_LIMIT = 400   # characters of one error line
 
 
 class CaseError(Exception):
@@ -42,3 +49,26 @@ class WriteError(CaseError):
         reason = error.strerror or f"{error}: the disk is full or a file size limit was reached"
         super().__init__(str(path), f"not written ({reason}); the previous file, if any, is unchanged")
         self.error = error
+
+
+def error_line(exc: BaseException, expected: tuple = ()) -> str:
+    """An exception as one line: its message (its type too where the message alone is not enough:
+    not a CaseError, one of EXPECTED or of `expected`), shortened to MESSAGE_LIMIT characters."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and not isinstance(exc, CaseError):
+        text = f"missing key {text}"
+    if isinstance(exc, MemoryError):
+        text = f"out of memory ({text or 'an input asks for more than this machine has'})"
+    elif isinstance(exc, RecursionError):
+        text = "input nested too deeply to process"
+    elif not isinstance(exc, (CaseError, *EXPECTED, *expected)):
+        text = f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
+
+
+def report_error(exc: BaseException, *, debug: bool = False, expected: tuple = ()) -> int:
+    """Print `error: ...` (one line, the traceback first with debug) and return the exit code, 2."""
+    if debug:
+        traceback.print_exception(exc)
+    print(f"error: {error_line(exc, expected)}", file=sys.stderr, flush=True)
+    return 2
