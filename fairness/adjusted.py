@@ -26,19 +26,29 @@ from fairness.welch import range_quantile
 
 DEFAULT_COVARIATES = ("log_tumor_ml", "log_kidney_ml", "bmi")
 COVARIATE_NAMES = {"log_tumor_ml": "log tumor volume", "log_kidney_ml": "log kidney volume", "bmi": "BMI"}
+COVARIATE_SOURCES = {"bmi": "bmi_kg_m2"}
+_GROUP, _Y = " group", " metric"   # adjusted_gap's own column names (a leading space: no covariate's)   # covariate name -> the per-case column that holds it
+
+
+def covariate_column(per_case: pd.DataFrame, name: str) -> pd.Series:
+    """The numbers of covariate `name`: its column (BMI's is bmi_kg_m2, beside any "bmi" group
+    column; a table without it may hold them as "bmi"), or log(1 + column) for log_<column>."""
+    take_log = name.startswith("log_") and name not in per_case.columns
+    base = name[4:] if take_log else name
+    candidates = [c for c in (COVARIATE_SOURCES.get(base), base) if c is not None]
+    source = next((c for c in candidates if c in per_case.columns), None)
+    if source is None:
+        raise ValueError(f"covariate {name!r}: the per-case table has no column {' or '.join(map(repr, candidates))} "
+                         f"(columns: {', '.join(map(str, per_case.columns))})")
+    values = pd.to_numeric(per_case[source], errors="coerce").astype(float)
+    if values.isna().all() and per_case[source].notna().any():
+        raise ValueError(f"covariate {name!r}: column {source!r} holds no numbers (a group label?)")
+    return np.log1p(values) if take_log else values
 
 
 def covariate_matrix(per_case: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
-    """Covariate columns by name: a column of the table, or log_<column> for log(1 + column)."""
-    columns = {}
-    for name in covariates:
-        source = name[4:] if name.startswith("log_") and name not in per_case.columns else name
-        if source not in per_case.columns:
-            raise ValueError(f"covariate {name!r}: the per-case table has no column {source!r} "
-                             f"(columns: {', '.join(map(str, per_case.columns))})")
-        column = pd.to_numeric(per_case[source], errors="coerce").astype(float)
-        columns[name] = np.log1p(column) if source != name else column
-    return pd.DataFrame(columns, index=per_case.index)
+    """Covariate columns by name (covariate_column), one column each."""
+    return pd.DataFrame({name: covariate_column(per_case, name) for name in covariates}, index=per_case.index)
 
 
 def ols_hc3(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,27 +84,30 @@ def adjusted_gap(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
     best or the worst group has fewer than 2 cases.
     """
     cols = list(covariates)
-    frame = pd.concat([per_case[[group_col, metric]], covariate_matrix(per_case, cols)], axis=1).dropna()
+    # the group and the metric under names of their own: a covariate may share a column's name
+    # (the "bmi" covariate beside a "bmi" group column)
+    frame = pd.concat([per_case[group_col].rename(_GROUP), per_case[metric].rename(_Y),
+                       covariate_matrix(per_case, cols)], axis=1).dropna()
     n_all = int(per_case[[group_col, metric]].notna().all(axis=1).sum())
     empty = {"gap": math.nan, "lo": math.nan, "hi": math.nan, "raw": math.nan, "raw_lo": math.nan,
              "raw_hi": math.nan, "n": len(frame), "n_all": n_all, "covariates": cols, "best": None,
              "worst": None, "note": None}
-    groups = [g for g in group_order(frame[group_col], order=order) if (frame[group_col] == g).any()]
+    groups = [g for g in group_order(frame[_GROUP], order=order) if (frame[_GROUP] == g).any()]
     if len(groups) < 2:
         return {**empty, "note": "fewer than 2 groups with cases and covariates"}
-    means = frame.groupby(group_col)[metric].mean()
+    means = frame.groupby(_GROUP)[_Y].mean()
     best, worst = means[groups].idxmax(), means[groups].idxmin()
     if best == worst:  # all group means equal: any other group is as worst
         worst = next(g for g in groups if g != best)
     kept = [c for c in cols if frame[c].nunique() > 1]
     dropped = [c for c in cols if c not in kept]
-    y = frame[metric].to_numpy(float)
+    y = frame[_Y].to_numpy(float)
     others = [g for g in groups if g != best]
-    dummies = np.column_stack([(frame[group_col] == g).to_numpy(float) for g in others])
+    dummies = np.column_stack([(frame[_GROUP] == g).to_numpy(float) for g in others])
     notes = [f"constant covariate(s) dropped: {', '.join(dropped)}"] if dropped else []
     out = {**empty, "best": best, "worst": worst, "covariates": kept}
     worst_col = others.index(worst) + 1
-    sizes = frame[group_col].value_counts()
+    sizes = frame[_GROUP].value_counts()
     interval = min(sizes[best], sizes[worst]) >= 2
     if not interval:
         notes.append(f"no interval: {best if sizes[best] < 2 else worst} has fewer than 2 cases")

@@ -66,10 +66,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fairness.adjusted import COVARIATE_NAMES, DEFAULT_COVARIATES, adjusted_gap
+from fairness.adjusted import COVARIATE_NAMES, DEFAULT_COVARIATES, adjusted_gap, covariate_column
 from fairness.grouping import group_order
 from fairness.power import minimum_detectable_gap
-from fairness.stats import percentile_interval
+from fairness.stats import draw_chunks, percentile_interval
 from fairness.welch import gap_interval, group_moments, mean_test, pooled_variance, scored_values
 
 CLASS_METRICS = ("kidney", "tumor")
@@ -168,7 +168,8 @@ def _centred_bootstrap(values, codes, k, pooled, n_boot, rng) -> np.ndarray:
     means = np.empty((n_boot, k))
     for g in range(k):
         own = scaled[codes == g] if counts[g] >= 2 else shared   # shared is never empty: pooled is finite
-        means[:, g] = grand + own[rng.integers(0, own.size, size=(n_boot, counts[g]))].mean(axis=1)
+        for start, stop in draw_chunks(n_boot, counts[g]):
+            means[start:stop, g] = grand + own[rng.integers(0, own.size, size=(stop - start, counts[g]))].mean(axis=1)
     return means
 
 
@@ -218,8 +219,11 @@ def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
 
 
 def _has_column(per_case: pd.DataFrame, name: str) -> bool:
-    source = name[4:] if name.startswith("log_") and name not in per_case.columns else name
-    return source in per_case.columns and pd.to_numeric(per_case[source], errors="coerce").notna().any()
+    """Whether the table holds covariate `name` with at least one number (adjusted.covariate_column)."""
+    try:
+        return bool(covariate_column(per_case, name).notna().any())
+    except ValueError:
+        return False
 
 
 def _p(p: float) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fairness.grouping import group_order
+from fairness.stats import draw_chunks
 
 
 def _check_alpha(alpha: float) -> None:
@@ -132,7 +133,9 @@ def cvar_interval(values, alpha: float, *, n_boot: int = 2000, seed: int = 0, le
     if arr.size < 2:
         return math.nan, math.nan
     arr = arr if higher_is_better else -arr
-    draws = np.sort(arr[np.random.default_rng(seed).integers(0, arr.size, size=(int(n_boot), arr.size))], axis=1)
-    tails = draws[:, :tail_size(arr.size, alpha)].mean(axis=1)
+    rng, keep, tails = np.random.default_rng(seed), tail_size(arr.size, alpha), np.empty(int(n_boot))
+    for start, stop in draw_chunks(n_boot, arr.size):
+        draws = arr[rng.integers(0, arr.size, size=(stop - start, arr.size))]
+        tails[start:stop] = np.partition(draws, keep - 1, axis=1)[:, :keep].mean(axis=1)
     lo, hi = np.percentile(tails, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return (float(lo), float(hi)) if higher_is_better else (float(-hi), float(-lo))
