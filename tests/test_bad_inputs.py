@@ -275,7 +275,7 @@ def test_evaluate_pred_names_the_bad_case_and_scores_the_others(corpus, tmp_path
 # ----------------------------------------------------------------------------- fatal bad inputs
 # (name, what is written to kits.json, fragment of "error: .../kits.json: ...")
 BAD_METADATA = [
-    ("kits.json is not JSON", '[{"case_id": "case_00000", "gender": "male",', "kits.json: is not valid JSON"),
+    ("kits.json is not JSON", '[{"case_id": "case_00000", "gender": "male",', "kits.json: not valid JSON"),
     ("duplicate case ids", json.dumps([{"case_id": "case_00001"}, {"case_id": "case_00002"}, {"case_id": "case_00001"}]),
      "kits.json: duplicate case_id case_00001"),
     ("kits.json of the wrong shape", json.dumps({"case_00000": "male"}), "kits.json: expected a list of per-case objects"),
@@ -317,7 +317,7 @@ def test_debug_shows_the_traceback(corpus, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
-        assert "is not valid JSON" in err.strip().splitlines()[-1]
+        assert "not valid JSON" in err.strip().splitlines()[-1]
 
 
 def unwritable_parents(tmp_path) -> list[tuple[str, Path]]:

@@ -35,7 +35,7 @@ def test_a_damaged_file_is_one_line_naming_it(cache):
     assert "case_00001.npy is damaged" in str(err.value) and "preprocess.py verify" in str(err.value)
     assert "\n" not in str(err.value)
     (cache / "case_00002.json").write_text('{"case_id": ')
-    with pytest.raises(CaseError, match=r"case_00002.json is damaged \(Expecting value"):
+    with pytest.raises(CaseError, match=r"case_00002.json is damaged \(not valid JSON \(Expecting value"):
         load_preprocessed(cache, "case_00002")
     np.save(cache / "case_00003_seg.npy", np.zeros((2, 2, 2), np.uint8))   # a valid file of the wrong case
     with pytest.raises(CaseError, match=r"case_00003_seg.npy has shape \[2, 2, 2\], its properties say"):

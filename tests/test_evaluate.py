@@ -72,7 +72,7 @@ def test_group_dice_reproduces_spec_table_1(capsys):
 
 
 # ----------------------------------------------------------------------------- nnU-Net's files
-FAST = ["--n-boot", "50", "--n-perm", "50", "--no-progress"]
+FAST = ["--n-boot", "50", "--n-perm", "100", "--no-progress"]
 
 
 def test_a_prediction_folder_written_by_nnunet_is_read_as_it_is(cohort_and_predictions, tmp_path):

@@ -92,7 +92,7 @@ def test_missing_files_and_metadata_entries(tmp_path):
 def test_metadata_file_errors(tmp_path):
     path = tmp_path / "kits.json"
     path.write_text("{not json")
-    with pytest.raises(CaseError, match="is not valid JSON"):
+    with pytest.raises(CaseError, match="not valid JSON"):
         load_metadata(path)
     path.write_text(json.dumps([{"case_id": "case_00000"}, {"case_id": "case_00000"}]))
     with pytest.raises(CaseError, match="duplicate case_id case_00000"):

@@ -108,7 +108,7 @@ def test_nsd_tolerance_reaches_the_scores(shifted_predictions, tmp_path):
         out = tmp_path / f"nsd{tolerance}"
         assert evaluate.main(["--pred", str(preds), "--gt", str(gt), "--out", str(out), "--metric", "nsd",
                               "--surface-tolerance", str(tolerance), "--no-progress", "--n-boot", "50",
-                              "--n-perm", "50"]) == 0
+                              "--n-perm", "100"]) == 0
         nsd = pd.read_csv(out / "per_case.csv")["nsd_kidney"]
         assert (nsd == 1.0).all() == expect_all_one
         assert (nsd > 0).all()

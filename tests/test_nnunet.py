@@ -363,5 +363,5 @@ def test_bad_summaries_give_named_one_line_errors(tmp_path):
     with pytest.raises(CaseError, match=r"s.json: has no list 'metric_per_case': not an nnU-Net summary.json"):
         read_summary(path)
     path.write_text("{")
-    with pytest.raises(CaseError, match=r"s.json: is not a readable JSON file"):
+    with pytest.raises(CaseError, match=r"s.json: not valid JSON"):
         read_summary(path)

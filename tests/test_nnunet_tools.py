@@ -18,7 +18,7 @@ from data.splits import save_split  # noqa: E402
 from tests.kits_fixtures import make_case_arrays, write_tiny_cohort  # noqa: E402
 
 SPACING = (4.0, 0.9, 0.9)
-FAST = ["--n-boot", "50", "--n-perm", "50", "--no-progress"]
+FAST = ["--n-boot", "50", "--n-perm", "100", "--no-progress"]
 
 
 @pytest.fixture()

@@ -193,4 +193,4 @@ def test_a_checkpoint_from_before_the_mitigations_package_loads_evaluates_and_re
     # and training continues from it (its config translated into today's keys)
     assert train.main(["--resume", str(old), "--set", "train.epochs=2", "--no-progress"]) == 0
     resumed = load_checkpoint(old / "last.pt")
-    assert resumed["format_version"] == 2 and resumed["epoch"] == 2 and "dro" in resumed["mitigations"]
+    assert resumed["format_version"] == 3 and resumed["epoch"] == 2 and "dro" in resumed["mitigations"]
