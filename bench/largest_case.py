@@ -485,7 +485,7 @@ def main(argv=None) -> int:
     shape = tuple(int(s) for s in nib.load(str(args.workdir / "raw" / args.case / "segmentation.nii.gz")).shape)
     raw_f32 = shape[0] * shape[1] * shape[2] * 4
     import torch
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)   # data only: nothing in it runs
     cfg = ckpt["config"]
     print(f"case {args.case}: {'x'.join(map(str, shape))} voxels; raw image as float32 {gib(raw_f32)} GiB "
           f"({raw_f32 / 1e9:.2f} GB); target peak RSS <= {MEMORY_TARGET:g}x = {gib(MEMORY_TARGET * raw_f32)} GiB")

@@ -70,7 +70,7 @@ def run_one(config: Path, work: Path, epochs: int, classifier_key: str) -> dict:
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    ckpt = torch.load(work / "runs" / config.stem / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(work / "runs" / config.stem / "last.pt", map_location="cpu", weights_only=True)
     states = {"model": ckpt["model"], **{k: ckpt[k] for k in LEGACY_STATES if k in ckpt},
               **{k: v for k, v in ckpt.get("mitigations", {}).items() if v}}
     return {key: state_hash(value) for key, value in states.items()}
