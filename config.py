@@ -92,6 +92,10 @@ DEFAULTS = {
         # dice (always), nsd, hd95, assd; surface ones from the true voxel spacing, NSD at this tolerance
         "metrics": ["dice"],
         "surface_tolerance_mm": 2.0,
+        # failing subgroups nobody named (fairness/discovery.py) on the test split's table: rules on
+        # the cases' features, each half searching and the other confirming; slices.csv in eval/
+        "discover": False,
+        "discover_features": "auto",    # auto | a comma list of metadata, derived, image
     },
     "fairness": {
         "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)
@@ -278,6 +282,7 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
         cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
     _check_methods(cfg["fairness"]["method"])
     _check_eval_metrics(cfg["eval"])
+    _check_discovery(cfg["eval"])
     _check_ranges(cfg)
     if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
         raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
@@ -293,6 +298,14 @@ def _check_eval_metrics(ev: dict) -> None:
     tol = ev["surface_tolerance_mm"]
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ConfigError(f"config key 'eval.surface_tolerance_mm' is a distance >= 0 in mm, got {tol!r}")
+
+
+def _check_discovery(ev: dict) -> None:
+    from fairness.discovery import feature_families
+    try:
+        feature_families(ev["discover_features"])
+    except ValueError as exc:
+        raise ConfigError(f"config key 'eval.discover_features': {exc}") from None
 
 
 def _check_methods(method) -> None:

@@ -97,9 +97,10 @@ def meta_columns(meta: dict, attributes) -> dict:
 
 def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases=None, label_scheme="kits19",
                       group_specs=("sex",), age_edges=None, bmi_edges=None, progress=True, metrics=("dice",),
-                      tolerance_mm=None):
-    """Per-case Dice (and the asked surface metrics) and group columns for every reference case that
-    has a prediction."""
+                      tolerance_mm=None, with_image_features=False):
+    """Per-case Dice (and the asked surface metrics), the reference's geometry (fairness/features.py),
+    with_image_features the CT's measurements where the reference folder holds it, and group columns
+    for every reference case that has a prediction."""
     import numpy as np
 
     from data.groups import GroupError, parse_attribute
@@ -107,6 +108,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     from data.labels import LabelScheme
     from data.nifti import read_geometry, read_volume
     from data.preprocessing import class_volumes_ml
+    from fairness.features import geometry_features, image_features
     from fairness.metrics import case_scores
     from fairness.surface import DEFAULT_TOLERANCE_MM
 
@@ -117,7 +119,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
     for record in track(cohort.records, desc="evaluate", enabled=progress):
         try:
             pred_file = prediction_path(pred_dir, record.case_id)
-            ref = load_case(record, scheme, with_image=False)
+            ref = load_case(record, scheme, with_image=with_image_features)
             if not ref.labels.any():  # KiTS Dice is undefined without a reference kidney
                 raise CaseError(record.case_id, f"reference label map is empty (no kidney) in "
                                 f"{record.label_path.name}: nothing to score against")
@@ -137,7 +139,9 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
             rows.append({"case_id": record.case_id,
                          **case_scores(pred_labels, ref.labels, spacing=ref.spacing, metrics=metrics,
                                        tolerance_mm=DEFAULT_TOLERANCE_MM if tolerance_mm is None else tolerance_mm),
-                         **class_volumes_ml(ref.labels, ref.spacing), **meta_columns(record.meta, attributes),
+                         **class_volumes_ml(ref.labels, ref.spacing), **geometry_features(ref.labels, ref.spacing),
+                         **(image_features(ref.image, ref.labels) if ref.image is not None else {}),
+                         **meta_columns(record.meta, attributes),
                          "reference_file": str(record.label_path.resolve()), "prediction_file": str(pred_file.resolve())})
         except GroupError as exc:
             failures.append(CaseError(record.case_id, str(exc)))
@@ -154,6 +158,7 @@ def summary_cases(args):
     from data.kits import METADATA_NAME, load_metadata, validate_meta
     from data.nnunet import FILE_COLUMNS, read_summary
     from data.preprocessing import volumes_ml
+    from fairness.features import header_features
 
     meta_path = args.meta or (args.gt / METADATA_NAME if args.gt is not None else None)
     if meta_path is None:
@@ -170,13 +175,14 @@ def summary_cases(args):
             if case_id not in metadata:
                 raise CaseError(case_id, f"not in the metadata file {meta_path}")
             validate_meta(case_id, metadata[case_id])
-            spacing = reference_spacing(row["reference_file"], case_id, args.gt)
-            unsized += spacing is None
-            volumes = {"kidney_ml": float("nan"), "tumor_ml": float("nan")} if spacing is None else volumes_ml(
+            geometry = reference_geometry(row["reference_file"], case_id, args.gt)
+            unsized += geometry is None
+            volumes = {"kidney_ml": float("nan"), "tumor_ml": float("nan")} if geometry is None else volumes_ml(
                 kidney_voxels=row["kidney_tp"] + row["kidney_fn"], tumor_voxels=row["tumor_tp"] + row["tumor_fn"],
-                spacing=spacing)
+                spacing=geometry[1])
+            header = {} if geometry is None else header_features(*geometry)   # no tumor count: voxels unread
             files = {k: row.pop(k) for k in FILE_COLUMNS}
-            rows.append({**row, **volumes, **meta_columns(metadata[case_id], attributes), **files})
+            rows.append({**row, **volumes, **header, **meta_columns(metadata[case_id], attributes), **files})
         except GroupError as exc:
             failures.append(CaseError(case_id, str(exc)))
         except CaseError as exc:
@@ -187,8 +193,8 @@ def summary_cases(args):
     return pd.DataFrame(rows), attributes, failures, table.notes
 
 
-def reference_spacing(reference_file, case_id: str, gt: Path | None):
-    """The spacing of a case's reference label map from its header; None where none is found."""
+def reference_geometry(reference_file, case_id: str, gt: Path | None):
+    """(shape, spacing) of a case's reference label map from its header; None where none is found."""
     from data.nifti import read_geometry
 
     candidates = [Path(reference_file)] if isinstance(reference_file, str) and reference_file else []
@@ -196,7 +202,7 @@ def reference_spacing(reference_file, case_id: str, gt: Path | None):
         candidates += [gt / case_id / "segmentation.nii.gz", gt / f"{case_id}.nii.gz"]
     for path in candidates:
         if path.is_file():
-            return read_geometry(path, where=case_id)[1]
+            return read_geometry(path, where=case_id)[:2]
     return None
 
 
@@ -305,7 +311,8 @@ def cmd_audit(args) -> int:
         per_case, attributes, failures = score_predictions(
             args.pred, args.gt, metadata_path=args.meta, cases=args.cases, label_scheme=args.label_scheme,
             group_specs=args.group, progress=not args.no_progress, metrics=args.metric or ["dice"],
-            tolerance_mm=args.surface_tolerance)
+            tolerance_mm=args.surface_tolerance,
+            with_image_features=args.discover and "image" in discovery_families(args))
         source, title = args.pred, f"predictions in {args.pred}"
     if per_case.empty:
         print(format_failures(failures), file=sys.stderr)
@@ -316,6 +323,8 @@ def cmd_audit(args) -> int:
     out = args.out
     with results_folder(out, overwrite=args.overwrite, marker=FINISHED) if out is not None else nullcontext():
         write_reports(per_case, attributes, out, args, title=title, metrics=args.metric or ["dice"])
+        if args.discover:
+            discover_failures(per_case, audit_metadata(args), out, args, metrics=args.metric or ["dice"])
         if out is not None:
             save_per_case(per_case, out)
     print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
@@ -323,6 +332,30 @@ def cmd_audit(args) -> int:
         print(format_failures(failures), file=sys.stderr)
         return 1
     return 0
+
+
+def discovery_families(args) -> tuple:
+    from fairness.discovery import feature_families
+    return feature_families(args.features)
+
+
+def audit_metadata(args) -> dict | None:
+    """The metadata of --pred / --nnunet-summary (--meta, else --gt's kits.json); None without one."""
+    from data.kits import METADATA_NAME, load_metadata
+
+    path = args.meta or (args.gt / METADATA_NAME if args.gt is not None else None)
+    return load_metadata(path) if path is not None and Path(path).is_file() else None
+
+
+def discover_failures(per_case: pd.DataFrame, metadata, out: Path | None, args, *, metrics) -> None:
+    """--discover: failing subgroups of the first metric, searched on half the cases and confirmed
+    on the other (fairness/discovery.py); slices.csv and slice_members.csv beside the tables."""
+    from fairness.discovery import run_discovery
+    from fairness.metrics import get_metric, metric_view
+
+    metric = get_metric(metrics[0])
+    run_discovery(metric_view(per_case, metric), metadata, families=discovery_families(args), metric=metric,
+                  seed=args.seed, out_dir=out)
 
 
 # ----------------------------------------------------------------------------- --ckpt
@@ -411,7 +444,8 @@ def original_records(raw, metadata, case_ids) -> dict:
 
 
 def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
-    """Predict, write back, score one checkpoint; returns (per_case, attributes, failures)."""
+    """Predict, write back, score one checkpoint; returns (per_case, attributes, failures, metrics,
+    metadata): metadata {case_id: entry} from the raw folder's kits.json, else the case table's."""
     from data.cache import groups_from_table, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
@@ -445,7 +479,10 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if scorer.reused:
         print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
               "evaluation)")
-    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics
+    metadata = {cid: r.meta for cid, r in records.items()} or {
+        cid: {"gender": row.get("sex"), "age_at_nephrectomy": row.get("age"), "body_mass_index": row.get("bmi")}
+        for cid, row in table.to_dict("index").items()}
+    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata
 
 
 def checkpoint_metrics(args, cfg: dict) -> list[str]:
@@ -468,7 +505,7 @@ def cmd_ckpt(args) -> int:
                      f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
                      "the same command continues from them")
         with results_folder(out_dir, overwrite=args.overwrite, marker=FINISHED):
-            per_case, attributes, failures, metrics = evaluate_checkpoint(path, args, out_dir)
+            per_case, attributes, failures, metrics, metadata = evaluate_checkpoint(path, args, out_dir)
             if per_case.empty:
                 print(format_failures(failures), file=sys.stderr)
                 raise CaseError(str(path), "no case could be scored")
@@ -477,6 +514,8 @@ def cmd_ckpt(args) -> int:
             all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
                                              metrics=metrics))
             writer.close()
+            if args.discover:
+                discover_failures(per_case, metadata, out_dir, args, metrics=metrics)
             save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
         if failures:
@@ -762,6 +801,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="case-mix covariates of the adjusted gap: per-case columns, log_<column> for "
                          "log(1 + column); default log_tumor_ml log_kidney_ml bmi; 'none' for no adjustment")
     st.add_argument("--seed", type=whole(minimum=0), default=0, help="bootstrap seed (0)")
+    dis = parser.add_argument_group("discovery (failing subgroups nobody named; docs/discovery.md)")
+    dis.add_argument("--discover", action="store_true",
+                     help="search rules of one or two conditions on the cases' features for the slice that does "
+                          "worst, each half of the cases searching and the other testing (Holm); writes "
+                          "slices.csv and slice_members.csv")
+    dis.add_argument("--features", default="auto", metavar="FAMILIES",
+                     help="with --discover: auto (every family available, the default) or a comma list of "
+                          "metadata, derived (volumes, tumor count, slice thickness, spacing, field of view), image "
+                          "(noise, kidney and tumor HU, contrast: needs the CT)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
     parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "
@@ -780,6 +828,13 @@ def main(argv=None) -> int:
     modes = [m for m in ("ckpt", "compare", "pred", "nnunet_summary", "group_dice") if getattr(args, m)]
     if len(modes) != 1:
         parser.error("give exactly one of --ckpt, --compare, --pred (with --gt), --nnunet-summary or --group-dice")
+    if args.discover and modes[0] in ("compare", "group_dice"):
+        parser.error("--discover goes with --ckpt, --pred or --nnunet-summary (it needs the per-case scores)")
+    if args.discover:
+        try:
+            discovery_families(args)
+        except ValueError as exc:
+            parser.error(f"--features: {exc}")
     try:
         if args.group_dice:
             return cmd_group_dice(args)

@@ -35,8 +35,8 @@ from engine.interrupts import Interrupted, on_interrupt
 from engine.interrupts import install as install_interrupts, report as report_interrupt
 from engine.logging import log_audits
 from engine.rundata import load_run_data, prepare_datasets
-from engine.runs import (batch_folder, create_run_dir, is_finished, new_run_dir, pick_task, plan_batch,
-                         planted_bias_line, training_interrupted, write_test_tables)
+from engine.runs import (batch_folder, create_run_dir, discover_test_failures, is_finished, new_run_dir, pick_task,
+                         plan_batch, planted_bias_line, training_interrupted, write_test_tables)
 from engine.slurm import submit, train_command, write_scripts
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
 from models.checkpoint import FORMAT_VERSION, convert_checkpoint, load_checkpoint
@@ -236,6 +236,8 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
         per_case, _ = trainer.score(data.test_ids)
     audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test",
                         covariates=trainer.cfg["eval"]["adjust_for"])
+    if trainer.cfg["eval"]["discover"]:
+        discover_test_failures(trainer.cfg, data.table, per_case, run_dir / "eval", log=log)
     write_test_tables(run_dir / "eval", per_case, audits, log=log)
     planted = planted_bias_line(data.cache)
     if planted:

@@ -104,6 +104,25 @@ def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> N
     write_csv(per_case, eval_dir / "per_case.csv", index=False)
 
 
+def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=print) -> None:
+    """eval.discover: failing subgroups of the test split (fairness/discovery.py), with the raw
+    folder's metadata (data.metadata, else data.raw's kits.json) or, without it, the case table's
+    sex, age and BMI; slices.csv and slice_members.csv in eval/."""
+    from data.kits import METADATA_NAME, load_metadata
+    from fairness.discovery import feature_families, run_discovery
+
+    data = cfg["data"]
+    path = Path(data["metadata"]) if data["metadata"] else (Path(data["raw"]) / METADATA_NAME if data["raw"] else None)
+    if path is not None and path.is_file():
+        metadata = load_metadata(path)
+    else:
+        metadata = {cid: {"gender": row.get("sex"), "age_at_nephrectomy": row.get("age"),
+                          "body_mass_index": row.get("bmi")} for cid, row in table.to_dict("index").items()}
+    eval_dir.mkdir(exist_ok=True)
+    run_discovery(per_case, metadata, families=feature_families(cfg["eval"]["discover_features"]),
+                  seed=cfg["train"]["seed"], out_dir=eval_dir, log=log)
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     name: str            # NAME/[ENTRY/]seedS

@@ -30,6 +30,7 @@ from data.errors import CaseError
 from data.nifti import read_volume
 from data.untrusted import case_path
 from data.writeback import to_original_geometry, write_prediction
+from fairness.features import geometry_features
 from fairness.metrics import case_scores
 from fairness.surface import DEFAULT_TOLERANCE_MM
 from mitigations.dmoe import WithGroup
@@ -93,6 +94,7 @@ class CaseScorer:
                                           anisotropy_threshold=self.anisotropy_threshold)
             write_prediction(pred_file, labels, props, reference=ref)
         return {"case_id": case_id, **self._scores(labels, ref_labels, ref.spacing), "geometry": "original",
+                **geometry_features(ref_labels, ref.spacing),
                 "reference_file": str(record.label_path.resolve()), "prediction_file": str(pred_file.resolve())}
 
     def _scores(self, pred, ref, spacing) -> dict:

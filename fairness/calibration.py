@@ -16,6 +16,11 @@ widest groups' best cases at exactly 1.0 (8 % of them at spread 8 points). "heav
 with a standardised exponential Z (skewness 2). c is solved per spread (quadrature) so that every
 group's true mean is 0.90 after the clip.
 
+Failure discovery (fairness/discovery.py) has its own known truth: `planted_rule` draws a failing
+subgroup (two conditions on different features, thresholds at a random case's value),
+`discovery_recovery` plants it and counts how often the top confirmed slice finds it (Jaccard >=
+0.6), `false_confirmations` counts confirmed slices on tables without one.
+
 Usage:
     rng = np.random.default_rng(0)
     cell = design((30, 8), ratio=5, shape="skewed")
@@ -171,3 +176,73 @@ def calibrate_adjusted(cell: Design, replicates: int = 500, *, seed: int = 0, le
         adj = adjusted_gap(per_case, "group", covariates=["bmi"], level=1 - level)
         rejected += bool(adj["lo"] > 0 or adj["hi"] < 0)
     return rejected / replicates
+
+
+# ----------------------------------------------------------------------------- failure discovery
+DISCOVERY_CENTRE, DISCOVERY_SPREAD = 0.85, 0.08
+
+
+def planted_rule(features: pd.DataFrame, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
+    """The members (a mask over features' rows) of a random rule of two conditions on different
+    features holding low..high cases: a numeric feature <= or > a random case's value, a
+    categorical one == a random value."""
+    def one():
+        name = features.columns[rng.integers(features.shape[1])]
+        column = features[name]
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.dropna().to_numpy()
+            cut = values[rng.integers(values.size)]
+            return name, (column <= cut).to_numpy() if rng.random() < 0.5 else (column > cut).to_numpy()
+        levels = column.dropna().unique()
+        return name, (column == levels[rng.integers(len(levels))]).to_numpy()
+    while True:
+        (a, first), (b, second) = one(), one()
+        members = first & second
+        if a != b and low <= members.sum() <= high:
+            return members
+
+
+def discovery_recovery(features: pd.DataFrame, n_plants: int, *, seed: int, low: int, high: int,
+                       drop: float = 0.15) -> tuple[float, float, list]:
+    """(share of plants where some slice is confirmed, share where the top confirmed slice has
+    Jaccard >= 0.6 with the planted members, every plant's Jaccard) over n_plants planted rules
+    of low..high cases, `drop` lower than N(0.85, 0.08)."""
+    from fairness.discovery import discover
+
+    rng = np.random.default_rng(seed)
+    ids = features.index.to_numpy()
+    found_any, jaccards = 0, []
+    for trial in range(n_plants):
+        members = planted_rule(features, rng, low, high)
+        values = rng.normal(DISCOVERY_CENTRE, DISCOVERY_SPREAD, len(ids))
+        values[members] -= drop
+        result = discover(pd.DataFrame({"case_id": ids, "mean": values}), features, seed=trial)
+        confirmed = result.slices[result.slices["confirmed"]]
+        jaccard = 0.0
+        if len(confirmed):
+            found = set(result.members.loc[result.members["rank"] == confirmed["rank"].iloc[0], "case_id"])
+            planted = set(ids[members])
+            jaccard = len(found & planted) / len(found | planted)
+        found_any += len(confirmed) > 0
+        jaccards.append(jaccard)
+    return found_any / n_plants, float(np.mean(np.array(jaccards) >= 0.6)), jaccards
+
+
+NULL_DRAWS = {
+    "normal": lambda rng, n: rng.normal(DISCOVERY_CENTRE, DISCOVERY_SPREAD, n),
+    "skewed": lambda rng, n: np.clip(1.02 - rng.gamma(0.7, 0.08, n), 0, 1),   # a long lower tail, ties at 1
+}
+
+
+def false_confirmations(features: pd.DataFrame, n_tables: int, *, seed: int, shape: str = "normal") -> float:
+    """The share of null tables (no subgroup fails) in which discovery confirms a slice."""
+    from fairness.discovery import discover
+
+    rng = np.random.default_rng(seed)
+    ids = features.index.to_numpy()
+    confirmed = 0
+    for trial in range(n_tables):
+        values = NULL_DRAWS[shape](rng, len(ids))
+        result = discover(pd.DataFrame({"case_id": ids, "mean": values}), features, seed=trial)
+        confirmed += bool(result.slices["confirmed"].any())
+    return confirmed / n_tables

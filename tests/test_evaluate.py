@@ -114,6 +114,9 @@ def test_nnunet_summary_written_by_us_reproduces_the_audit_exactly(cohort_and_pr
     summary_out = capsys.readouterr().out
     for name in ("per_case.csv", "groups_sex.csv", "summary_sex.csv", "groups_age.csv", "summary_age.csv"):
         a, b = (pd.read_csv(tmp_path / d / name) for d in ("files", "summary"))
+        if name == "per_case.csv":   # a summary names no voxels: the tumor count is the one column it lacks
+            assert set(a.columns) - set(b.columns) == {"tumor_count"}
+            a = a.drop(columns="tumor_count")
         assert a.equals(b), name
     tables = [[line for line in out.splitlines() if "grouped by" not in line and "tables in" not in line]
               for out in (files_out, summary_out)]      # all but the titles and the folder
