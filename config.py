@@ -96,6 +96,7 @@ DEFAULTS = {
         # the cases' features, each half searching and the other confirming; slices.csv in eval/
         "discover": False,
         "discover_features": "auto",    # auto | a comma list of metadata, derived, image
+        "discover_region": "mean",      # the per-case value searched: mean | kidney | tumor
     },
     "fairness": {
         "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)
@@ -306,6 +307,8 @@ def _check_discovery(ev: dict) -> None:
         feature_families(ev["discover_features"])
     except ValueError as exc:
         raise ConfigError(f"config key 'eval.discover_features': {exc}") from None
+    if ev["discover_region"] not in ("mean", "kidney", "tumor"):
+        raise ConfigError(f"config key 'eval.discover_region' is mean, kidney or tumor, got {short(ev['discover_region'])}")
 
 
 def _check_methods(method) -> None:

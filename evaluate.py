@@ -355,7 +355,7 @@ def discover_failures(per_case: pd.DataFrame, metadata, out: Path | None, args, 
 
     metric = get_metric(metrics[0])
     run_discovery(metric_view(per_case, metric), metadata, families=discovery_families(args), metric=metric,
-                  seed=args.seed, out_dir=out)
+                  seed=args.seed, out_dir=out, region=args.discover_region)
 
 
 # ----------------------------------------------------------------------------- --ckpt
@@ -449,8 +449,10 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     from data.cache import groups_from_table, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
+    from data.kits import load_case
     from data.labels import LabelScheme
     from engine.scoring import CaseScorer
+    from fairness.features import image_features
 
     ckpt, cfg, model, options = load_model(ckpt_path, args)
     cache, table, settings, case_ids, raw, metadata = checkpoint_cases(ckpt_path, cfg, args, out_dir)
@@ -468,10 +470,14 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     attributes = [parse_attribute(s, age_edges=settings.age_edges, bmi_edges=settings.bmi_edges) for s in args.group]
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
     rows, failures = [], []
+    with_image = args.discover and "image" in discovery_families(args)   # --discover's CT measurements
     bar = track(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", enabled=not args.no_progress)
     for case_id in bar:
         try:
             row = scorer.score(case_id, record=records.get(case_id), scheme=scheme, pred_dir=out_dir / "predictions")
+            if with_image and records.get(case_id) is not None and records[case_id].image_path is not None:
+                case = load_case(records[case_id], scheme, with_image=True)   # the original CT, in HU
+                row.update(image_features(case.image, case.labels))
             rows.append({**row, **{name: col[case_id] for name, col in columns.items()}})
             bar.set_postfix_str(f"{case_id} mean Dice {row['mean']:.3f}")
         except CaseError as exc:
@@ -806,10 +812,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="search rules of one or two conditions on the cases' features for the slice that does "
                           "worst, each half of the cases searching and the other testing (Holm); writes "
                           "slices.csv and slice_members.csv")
+    dis.add_argument("--discover-region", default="mean", choices=["mean", "kidney", "tumor"],
+                     help="with --discover: the per-case value searched, the mean of kidney and tumor (default) "
+                          "or one region: a failure of one region can hide in the mean (docs/discovery.md)")
     dis.add_argument("--features", default="auto", metavar="FAMILIES",
                      help="with --discover: auto (every family available, the default) or a comma list of "
                           "metadata, derived (volumes, tumor count, slice thickness, spacing, field of view), image "
-                          "(noise, kidney and tumor HU, contrast: needs the CT)")
+                          "(noise, kidney and tumor HU, contrast: needs the CT, read from the reference or raw folder)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
     parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "

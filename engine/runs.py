@@ -120,7 +120,7 @@ def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=pr
                           "body_mass_index": row.get("bmi")} for cid, row in table.to_dict("index").items()}
     eval_dir.mkdir(exist_ok=True)
     run_discovery(per_case, metadata, families=feature_families(cfg["eval"]["discover_features"]),
-                  seed=cfg["train"]["seed"], out_dir=eval_dir, log=log)
+                  seed=cfg["train"]["seed"], out_dir=eval_dir, region=cfg["eval"]["discover_region"], log=log)
 
 
 @dataclass(frozen=True)

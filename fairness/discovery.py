@@ -284,15 +284,22 @@ def feature_families(text: str | None) -> tuple[str, ...]:
     return families
 
 
-def run_discovery(per_case: pd.DataFrame, metadata: dict | None, *, families=None, metric=None, seed: int = 0,
-                  out_dir=None, log=print) -> Discovery:
-    """The discovery of an audit: features of every scored case, search and confirmation, its line
-    printed, and (with out_dir) slices.csv and slice_members.csv written."""
-    from fairness.features import case_features
+REGIONS = ("kidney", "tumor", "mean")      # the per-case values discovery can search (metric.columns())
 
+
+def run_discovery(per_case: pd.DataFrame, metadata: dict | None, *, families=None, metric=None, seed: int = 0,
+                  out_dir=None, region: str = "mean", log=print) -> Discovery:
+    """The discovery of an audit: features of every scored case, search and confirmation on one
+    region's per-case value, its line printed, and (with out_dir) slices.csv and slice_members.csv."""
+    from fairness.features import case_features
+    from fairness.metrics import get_metric
+
+    metric = metric or get_metric("dice")
+    if region not in REGIONS:
+        raise ValueError(f"discovery region {region!r}; valid: {', '.join(REGIONS)}")
     features = case_features(per_case, metadata, families=families or feature_families(None))
-    result = discover(per_case, features, metric=metric, seed=seed)
-    log("\n" + discovery_line(result, metric))
+    result = discover(per_case, features, metric=metric, column=metric.columns()[REGIONS.index(region)], seed=seed)
+    log("\n" + ("" if region == "mean" else f"({region} {metric.label}) ") + discovery_line(result, metric))
     if out_dir is not None:
         save_discovery(result, out_dir)
     return result

@@ -195,3 +195,20 @@ def test_train_runs_discovery_on_its_test_tables_when_asked(tmp_path, capsys):
     from config import ConfigError, load_config
     with pytest.raises(ConfigError, match="eval.discover_features"):
         load_config(None, ["eval.discover_features=embedings"])
+
+
+def test_discovery_can_search_one_region():
+    metadata, per_case = synthetic_cohort(200, 11)
+    features = case_features(per_case, metadata, families=("metadata",))
+    members = (features["comorbidities.copd"] == "true").to_numpy()
+    rng = np.random.default_rng(12)
+    per_case["kidney"] = rng.normal(0.9, 0.05, len(per_case)) - 0.2 * members    # a kidney failure ...
+    per_case["tumor"] = rng.normal(0.6, 0.25, len(per_case))                      # ... in a noisy mean
+    per_case["mean"] = (per_case["kidney"] + per_case["tumor"]) / 2
+    from fairness.discovery import run_discovery
+    lines = []
+    result = run_discovery(per_case, metadata, families=("metadata",), region="kidney", log=lines.append)
+    assert result.slices.iloc[0]["confirmed"] and "comorbidities.copd == true" in result.slices.iloc[0]["rule"]
+    assert lines[0].startswith("\n(kidney Dice) discovery: ")
+    with pytest.raises(ValueError, match="discovery region 'liver'"):
+        run_discovery(per_case, metadata, region="liver", log=lines.append)
