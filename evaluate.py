@@ -127,7 +127,7 @@ def score_predictions(pred_dir: Path, gt_dir: Path, *, metadata_path=None, cases
             if pred_shape != ref.shape:
                 raise CaseError(record.case_id, f"prediction shape {pred_shape} differs from the "
                                 f"reference {ref.shape}: predictions must be in the original geometry")
-            pred = read_volume(pred_file, where=record.case_id, shape=ref.shape)
+            pred = read_volume(pred_file, where=record.case_id)   # its header's shape checked just above
             if not np.allclose(pred.spacing, ref.spacing, rtol=1e-3):
                 raise CaseError(record.case_id, f"prediction spacing {pred.spacing} differs from the "
                                 f"reference {ref.spacing}")
@@ -446,7 +446,7 @@ def original_records(raw, metadata, case_ids) -> dict:
 def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     """Predict, write back, score one checkpoint; returns (per_case, attributes, failures, metrics,
     metadata): metadata {case_id: entry} from the raw folder's kits.json, else the case table's."""
-    from data.cache import groups_from_table, with_covariates
+    from data.cache import groups_from_table, table_metadata, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
     from data.kits import load_case
@@ -485,9 +485,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     if scorer.reused:
         print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
               "evaluation)")
-    metadata = {cid: r.meta for cid, r in records.items()} or {
-        cid: {"gender": row.get("sex"), "age_at_nephrectomy": row.get("age"), "body_mass_index": row.get("bmi")}
-        for cid, row in table.to_dict("index").items()}
+    metadata = {cid: r.meta for cid, r in records.items()} or table_metadata(table)
     return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata
 
 

@@ -153,6 +153,13 @@ def groups_from_table(table: pd.DataFrame, spec: str, settings) -> dict[str, str
     return groups
 
 
+def table_metadata(table: pd.DataFrame) -> dict[str, dict]:
+    """{case_id: metadata entry} of what the case table keeps (sex, age, BMI, under kits.json's
+    field names): the metadata of a cache whose raw folder's kits.json is not at hand."""
+    return {case_id: {FIELDS["sex"]: row.get("sex"), FIELDS["age"]: row.get("age"), FIELDS["bmi"]: row.get("bmi")}
+            for case_id, row in table.to_dict("index").items()}
+
+
 def with_covariates(per_case: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The per-case frame with each case's reference kidney/tumor volume (mL) and BMI from the case table."""
     out = per_case.copy()

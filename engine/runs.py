@@ -108,6 +108,7 @@ def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=pr
     """eval.discover: failing subgroups of the test split (fairness/discovery.py), with the raw
     folder's metadata (data.metadata, else data.raw's kits.json) or, without it, the case table's
     sex, age and BMI; slices.csv and slice_members.csv in eval/."""
+    from data.cache import table_metadata
     from data.kits import METADATA_NAME, load_metadata
     from fairness.discovery import feature_families, run_discovery
 
@@ -116,8 +117,7 @@ def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=pr
     if path is not None and path.is_file():
         metadata = load_metadata(path)
     else:
-        metadata = {cid: {"gender": row.get("sex"), "age_at_nephrectomy": row.get("age"),
-                          "body_mass_index": row.get("bmi")} for cid, row in table.to_dict("index").items()}
+        metadata = table_metadata(table)
     eval_dir.mkdir(exist_ok=True)
     run_discovery(per_case, metadata, families=feature_families(cfg["eval"]["discover_features"]),
                   seed=cfg["train"]["seed"], out_dir=eval_dir, region=cfg["eval"]["discover_region"], log=log)
