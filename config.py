@@ -95,7 +95,7 @@ DEFAULTS = {
         # failing subgroups nobody named (fairness/discovery.py) on the test split's table: rules on
         # the cases' features, each half searching and the other confirming; slices.csv in eval/
         "discover": False,
-        "discover_features": "auto",    # auto | a comma list of metadata, derived, image
+        "discover_features": "auto",    # auto | a comma list of metadata, derived, image, embedding (--ckpt only)
         "discover_region": "mean",      # the per-case value searched: mean | kidney | tumor
     },
     "fairness": {

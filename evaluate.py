@@ -347,7 +347,7 @@ def audit_metadata(args) -> dict | None:
     return load_metadata(path) if path is not None and Path(path).is_file() else None
 
 
-def discover_failures(per_case: pd.DataFrame, metadata, out: Path | None, args, *, metrics) -> None:
+def discover_failures(per_case: pd.DataFrame, metadata, out: Path | None, args, *, metrics, embeddings=None) -> None:
     """--discover: failing subgroups of the first metric, searched on half the cases and confirmed
     on the other (fairness/discovery.py); slices.csv and slice_members.csv beside the tables."""
     from fairness.discovery import run_discovery
@@ -355,7 +355,7 @@ def discover_failures(per_case: pd.DataFrame, metadata, out: Path | None, args, 
 
     metric = get_metric(metrics[0])
     run_discovery(metric_view(per_case, metric), metadata, families=discovery_families(args), metric=metric,
-                  seed=args.seed, out_dir=out, region=args.discover_region)
+                  seed=args.seed, out_dir=out, region=args.discover_region, embeddings=embeddings)
 
 
 # ----------------------------------------------------------------------------- --ckpt
@@ -445,7 +445,9 @@ def original_records(raw, metadata, case_ids) -> dict:
 
 def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     """Predict, write back, score one checkpoint; returns (per_case, attributes, failures, metrics,
-    metadata): metadata {case_id: entry} from the raw folder's kits.json, else the case table's."""
+    metadata, embeddings): metadata {case_id: entry} from the raw folder's kits.json, else the case
+    table's; embeddings (with --discover and the embedding family) the pooled bottleneck vectors,
+    one row per case (else None)."""
     from data.cache import groups_from_table, table_metadata, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
@@ -471,6 +473,8 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     columns = {a.name: groups_from_table(table, spec, settings) for a, spec in zip(attributes, args.group)}
     rows, failures = [], []
     with_image = args.discover and "image" in discovery_families(args)   # --discover's CT measurements
+    with_embedding = args.discover and "embedding" in discovery_families(args)   # and the model's own view
+    vectors = {}
     bar = track(case_ids, desc=f"evaluate {ckpt_path.parent.name}/{ckpt_path.name}", enabled=not args.no_progress)
     for case_id in bar:
         try:
@@ -478,6 +482,8 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
             if with_image and records.get(case_id) is not None and records[case_id].image_path is not None:
                 case = load_case(records[case_id], scheme, with_image=True)   # the original CT, in HU
                 row.update(image_features(case.image, case.labels))
+            if with_embedding:
+                vectors[case_id] = scorer.embed(case_id)
             rows.append({**row, **{name: col[case_id] for name, col in columns.items()}})
             bar.set_postfix_str(f"{case_id} mean Dice {row['mean']:.3f}")
         except CaseError as exc:
@@ -486,7 +492,8 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
         print(f"kept {scorer.reused} prediction(s) already in {out_dir / 'predictions'} (an earlier, interrupted "
               "evaluation)")
     metadata = {cid: r.meta for cid, r in records.items()} or table_metadata(table)
-    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata
+    embeddings = pd.DataFrame.from_dict(vectors, orient="index").add_prefix("e") if vectors else None
+    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata, embeddings
 
 
 def checkpoint_metrics(args, cfg: dict) -> list[str]:
@@ -509,7 +516,7 @@ def cmd_ckpt(args) -> int:
                      f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
                      "the same command continues from them")
         with results_folder(out_dir, overwrite=args.overwrite, marker=FINISHED):
-            per_case, attributes, failures, metrics, metadata = evaluate_checkpoint(path, args, out_dir)
+            per_case, attributes, failures, metrics, metadata, embeddings = evaluate_checkpoint(path, args, out_dir)
             if per_case.empty:
                 print(format_failures(failures), file=sys.stderr)
                 raise CaseError(str(path), "no case could be scored")
@@ -519,7 +526,9 @@ def cmd_ckpt(args) -> int:
                                              metrics=metrics))
             writer.close()
             if args.discover:
-                discover_failures(per_case, metadata, out_dir, args, metrics=metrics)
+                discover_failures(per_case, metadata, out_dir, args, metrics=metrics, embeddings=embeddings)
+                if embeddings is not None:
+                    write_csv(embeddings.rename_axis("case_id"), out_dir / "embeddings.csv")
             save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
         if failures:
@@ -816,7 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--features", default="auto", metavar="FAMILIES",
                      help="with --discover: auto (every family available, the default) or a comma list of "
                           "metadata, derived (volumes, tumor count, slice thickness, spacing, field of view), image "
-                          "(noise, kidney and tumor HU, contrast: needs the CT, read from the reference or raw folder)")
+                          "(noise, kidney and tumor HU, contrast: needs the CT, read from the reference or raw folder), "
+                          "embedding (with --ckpt: the model's pooled bottleneck, its principal components and "
+                          "k-means clusters; the vectors are saved as embeddings.csv)")
     parser.add_argument("--out", type=Path, help="results folder (default: RUN/eval/<ckpt> for --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the folder")
     parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "

@@ -237,7 +237,8 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
     audits = log_audits(writer, per_case, data.groups_by_attr, data.orders, trainer.step, "test",
                         covariates=trainer.cfg["eval"]["adjust_for"])
     if trainer.cfg["eval"]["discover"]:
-        discover_test_failures(trainer.cfg, data.table, per_case, run_dir / "eval", log=log)
+        discover_test_failures(trainer.cfg, data.table, per_case, run_dir / "eval", log=log,
+                               embed=lambda: trainer.embed(per_case["case_id"].tolist()))
     write_test_tables(run_dir / "eval", per_case, audits, log=log)
     planted = planted_bias_line(data.cache)
     if planted:

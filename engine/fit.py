@@ -310,6 +310,20 @@ class Trainer:
             per_case[attr] = per_case["case_id"].map(groups)
         return with_covariates(per_case, self.data.table), kept
 
+    def embed(self, case_ids) -> pd.DataFrame:
+        """The pooled bottleneck vector of each case (models/embedding.py): one row per case, e0... columns."""
+        ev, net = self.cfg["eval"], unwrap(self.model)
+        options = WindowOptions(patch_size=self.patch, tile_batch=ev["tile_batch"], device=self.env.device,
+                                amp_dtype=self.env.amp_dtype)
+        scorer = CaseScorer(net, self.data.cache, options, index=self.data.index)
+        vectors = {}
+        for case_id in case_ids:
+            try:
+                vectors[case_id] = scorer.embed(case_id)
+            except CaseError:
+                continue   # an unreadable case: score() already left it out of the tables and said so
+        return pd.DataFrame.from_dict(vectors, orient="index").add_prefix("e")
+
     def validate(self, run_dir, writer, epoch_done: int) -> None:
         per_case, kept = self.score(self.data.val_ids, keep=self.tc["image_slices"])
         self.last_validation = (self.step, list(self.data.val_ids), per_case)   # the test tables may reuse it

@@ -104,10 +104,12 @@ def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> N
     write_csv(per_case, eval_dir / "per_case.csv", index=False)
 
 
-def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=print) -> None:
+def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=print, embed=None) -> None:
     """eval.discover: failing subgroups of the test split (fairness/discovery.py), with the raw
     folder's metadata (data.metadata, else data.raw's kits.json) or, without it, the case table's
-    sex, age and BMI; slices.csv and slice_members.csv in eval/."""
+    sex, age and BMI, and (embed: a callable giving the model's pooled bottleneck vectors, called
+    when the embedding family is searched) the model's own view; slices.csv, slice_members.csv
+    and embeddings.csv in eval/."""
     from data.cache import table_metadata
     from data.kits import METADATA_NAME, load_metadata
     from fairness.discovery import feature_families, run_discovery
@@ -119,8 +121,12 @@ def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=pr
     else:
         metadata = table_metadata(table)
     eval_dir.mkdir(exist_ok=True)
-    run_discovery(per_case, metadata, families=feature_families(cfg["eval"]["discover_features"]),
-                  seed=cfg["train"]["seed"], out_dir=eval_dir, region=cfg["eval"]["discover_region"], log=log)
+    families = feature_families(cfg["eval"]["discover_features"])
+    embeddings = embed() if embed is not None and "embedding" in families else None
+    if embeddings is not None:
+        write_csv(embeddings.rename_axis("case_id"), eval_dir / "embeddings.csv")
+    run_discovery(per_case, metadata, families=families, seed=cfg["train"]["seed"], out_dir=eval_dir,
+                  region=cfg["eval"]["discover_region"], embeddings=embeddings, log=log)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from fairness.features import geometry_features
 from fairness.metrics import case_scores
 from fairness.surface import DEFAULT_TOLERANCE_MM
 from mitigations.dmoe import WithGroup
+from models.embedding import case_embedding
 from models.inference import predict_case
 
 
@@ -69,6 +70,18 @@ class CaseScorer:
         o = self.options
         return predict_case(self.network_for(case_id), image, patch_size=o.patch_size, overlap=o.overlap,
                             mirror=o.mirror, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
+
+    def embed(self, case_id: str) -> np.ndarray:
+        """The case's pooled bottleneck vector (models/embedding.py), routed by its group like its prediction."""
+        image, _, _ = load_preprocessed(self.cache, case_id)
+        group = None
+        if getattr(self.net, "routes_by_group", False):
+            if self.index is None:
+                raise CaseError(case_id, "the network routes by group (dMoE) but the run has no group index")
+            group = self.index.position(case_id)
+        o = self.options
+        return case_embedding(self.net, image, patch_size=o.patch_size, group=group, tile_batch=o.tile_batch,
+                              device=o.device, amp_dtype=o.amp_dtype)
 
     def score(self, case_id: str, *, record=None, scheme=None, pred_dir: Path | None = None, picture=None) -> dict:
         """{"case_id", "kidney", "tumor", "mean", the voxel counts (fairness.case_dice.COUNTS), "geometry"}

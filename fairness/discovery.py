@@ -6,8 +6,8 @@ holds up on cases the search never saw:
 
     1. split    the cases at random (seeded) into a search half and a confirmation half
     2. rules    on the search half: every condition on one feature (a numeric feature <= or > one
-                of its deciles; a categorical one == each of its values) and every conjunction
-                of two conditions on different features
+                of its ventiles; a categorical one == each of its values, an embedding cluster
+                among them) and every conjunction of two conditions on different features
     3. rank     the rules whose slice holds at least MIN_CASES cases and MIN_SHARE of the cohort
                 (and 2 cases in each half), by Welch's t of slice against the rest on the
                 search half, in the failing direction (lower Dice, higher distance)
@@ -17,7 +17,8 @@ holds up on cases the search never saw:
                 slice does worse than the rest" (the test of fairness/welch.py, which holds with
                 unequal spreads), Holm over the TOP rules; `confirmed` = Holm p < ALPHA and a
                 held-out gap in the failing direction
-The search never sees the confirmation half, so the held-out test is a real test: under no
+A slice found in the model's embedding is described by the readable condition that best matches
+its members (`described_by`: "9 of 14 with slice_mm > 5"). The search never sees the confirmation half, so the held-out test is a real test: under no
 effect a slice is confirmed in at most ALPHA of audits (docs/discovery.md gives the measured
 rates). The price is power: the test sees half the cohort.
 
@@ -45,7 +46,7 @@ ALPHA = 0.05
 QUANTILES = np.linspace(0.05, 0.95, 19)
 OVERLAP = 0.5          # Jaccard above which a rule is a near-copy of an earlier pick
 SLICE_COLUMNS = ("rank", "rule", "n", "mean", "rest_mean", "gap", "p", "p_holm", "confirmed",
-                 "n_search", "gap_search", "n_confirm", "gap_confirm", "features")
+                 "n_search", "gap_search", "n_confirm", "gap_confirm", "features", "described_by")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Condition:
     value: object
 
     def text(self) -> str:
+        from fairness.features import CLUSTER_PREFIX, is_cluster
+
+        if is_cluster(self.feature) and self.op == "==":
+            return f"embedding cluster {self.value} of {self.feature[len(CLUSTER_PREFIX):]}"
         shown = f"{self.value:.4g}" if isinstance(self.value, float) else str(self.value)
         return f"{self.feature} {'≤' if self.op == '<=' else self.op} {shown}"
 
@@ -175,6 +180,8 @@ def discover(per_case: pd.DataFrame, features: pd.DataFrame, *, metric=None, col
             rows.append(row), masks.append(mask)
     if not rows:
         return result
+    for row, mask in zip(rows, masks):
+        row["described_by"] = describe_slice(mask, row["features"], conds, cond_masks)
     frame = pd.DataFrame(rows)
     frame["p_holm"] = holm(frame["p"].tolist())       # over every rule either half took to confirmation
     frame["confirmed"] = (frame["p_holm"] < alpha) & (frame["gap_confirm"] > 0)
@@ -228,6 +235,25 @@ def _slice_row(rule, mask, y, search, confirm, sign, metric) -> dict:
             "features": ",".join(dict.fromkeys(c.feature for c in rule))}
 
 
+def describe_slice(mask: np.ndarray, features: str, conds, cond_masks: np.ndarray) -> str:
+    """For a slice of the model's embedding: the condition on a feature a person can read (not the
+    embedding) that best matches its members (Jaccard), as "9 of 14 with slice_mm > 5" (the
+    members it holds, of the slice's); "" for a rule already in readable features, or when no
+    condition shares half of the slice's cases."""
+    if not any(f.startswith("embedding_") for f in features.split(",")):
+        return ""
+    readable = [k for k, c in enumerate(conds) if not c.feature.startswith("embedding_")]
+    if not readable or not mask.any():
+        return ""
+    rows = cond_masks[readable]
+    inter = (rows & mask).sum(1)
+    jaccard = inter / np.maximum((rows | mask).sum(1), 1)
+    best = int(np.argmax(jaccard))
+    if 2 * inter[best] < mask.sum():
+        return ""
+    return f"{int(inter[best])} of {int(mask.sum())} with {conds[readable[best]].text()}"
+
+
 def discovery_line(result: Discovery, metric=None) -> str:
     """The confirmed slices, one line each, or the "none confirmed" line with what was searched."""
     from fairness.metrics import get_metric
@@ -249,9 +275,10 @@ def discovery_line(result: Discovery, metric=None) -> str:
             overlapping += 1   # the other half found nearly the same cases: in slices.csv, not repeated here
             continue
         shown.append(members)
-        lines.append(f"  {row.rule}: {row.n} cases, {metric.label} {row.mean:.1f} vs {row.rest_mean:.1f} for the "
-                     f"rest (gap {row.gap:.1f}{unit}; held out: {row.n_confirm} cases, gap {row.gap_confirm:.1f}, "
-                     f"p {row.p:.2g}, Holm {row.p_holm:.2g})")
+        described = f", {row.described_by}" if isinstance(row.described_by, str) and row.described_by else ""
+        lines.append(f"  {row.rule}: {row.n} cases{described}, {metric.label} {row.mean:.1f} vs {row.rest_mean:.1f} "
+                     f"for the rest (gap {row.gap:.1f}{unit}; held out: {row.n_confirm} cases, gap "
+                     f"{row.gap_confirm:.1f}, p {row.p:.2g}, Holm {row.p_holm:.2g})")
     if overlapping:
         lines.append(f"  (and {overlapping} confirmed slice(s) sharing most of their cases with one above: slices.csv)")
     return "\n".join(lines)
@@ -286,8 +313,10 @@ REGIONS = ("kidney", "tumor", "mean")      # the per-case values discovery can s
 
 
 def run_discovery(per_case: pd.DataFrame, metadata: dict | None, *, families=None, metric=None, seed: int = 0,
-                  out_dir=None, region: str = "mean", log=print) -> Discovery:
-    """The discovery of an audit: features of every scored case, search and confirmation on one
+                  out_dir=None, region: str = "mean", embeddings: pd.DataFrame | None = None,
+                  log=print) -> Discovery:
+    """The discovery of an audit: features of every scored case (embeddings: the model's pooled
+    bottleneck vectors, indexed by case id, where a model was run), search and confirmation on one
     region's per-case value, its line printed, and (with out_dir) slices.csv and slice_members.csv."""
     from fairness.features import case_features
     from fairness.metrics import get_metric
@@ -295,7 +324,7 @@ def run_discovery(per_case: pd.DataFrame, metadata: dict | None, *, families=Non
     metric = metric or get_metric("dice")
     if region not in REGIONS:
         raise ValueError(f"discovery region {region!r}; valid: {', '.join(REGIONS)}")
-    features = case_features(per_case, metadata, families=families or feature_families(None))
+    features = case_features(per_case, metadata, families=families or feature_families(None), embeddings=embeddings)
     result = discover(per_case, features, metric=metric, column=metric.columns()[REGIONS.index(region)], seed=seed)
     log("\n" + ("" if region == "mean" else f"({region} {metric.label}) ") + discovery_line(result, metric))
     if out_dir is not None:

@@ -11,6 +11,12 @@ Three families, each a column set of one frame indexed by case id:
                they can read).
     image      measurements of the CT where it is at hand: noise_hu (robust SD of the soft tissue
                around the kidneys), kidney_hu, tumor_hu, contrast_hu (kidney minus tumor).
+    embedding  with a model (evaluate.py --ckpt): its pooled bottleneck vector per case
+               (models/embedding.py), seen through outcome-blind summaries of all cases: the
+               first EMBEDDING_PCS principal components of the standardised vectors
+               (embedding_pc1, ...), and k-means clusters of their first CLUSTER_DIMS components
+               for each k of CLUSTER_KS (embedding_k5 == 3 reads "embedding cluster 3 of 5";
+               clusters numbered by size, 1 the largest).
 A column with one value, or (categorical) a distinct value per case, says nothing and is dropped.
 
 Usage:
@@ -18,6 +24,7 @@ Usage:
     image_features(image_hu, labels)     # {"noise_hu", "kidney_hu", "tumor_hu", "contrast_hu"}
     geometry_features(labels, spacing)   # {"tumor_count", "slice_mm", "inplane_mm", "fov_mm"}
     header_features(shape, spacing)      # the same without the tumor count (a header alone)
+    embedding_features(vectors)           # vectors: frame indexed by case id, one column per channel
 """
 from __future__ import annotations
 
@@ -27,11 +34,15 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-FAMILIES = ("metadata", "derived", "image")
+FAMILIES = ("metadata", "derived", "image", "embedding")
 DERIVED = ("kidney_ml", "tumor_ml", "tumor_count", "slice_mm", "inplane_mm", "fov_mm")
 IMAGE = ("noise_hu", "kidney_hu", "tumor_hu", "contrast_hu")
 NOT_FEATURES = ("case_id", "twin_of")        # and every synthetic_* record
 MAX_LEVELS = 30                               # categories of one field searched
+EMBEDDING_PCS = 3                             # principal components searched as numeric features
+CLUSTER_DIMS = 8                              # components the clusters are drawn in
+CLUSTER_KS = (2, 3, 5, 8)                     # k-means partitions searched (each cluster a category)
+CLUSTER_PREFIX = "embedding_k"
 
 
 def flatten(entry: dict, prefix: str = "") -> dict:
@@ -84,9 +95,10 @@ def informative(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep]
 
 
-def case_features(per_case: pd.DataFrame, metadata: dict | None, *, families=FAMILIES) -> pd.DataFrame:
+def case_features(per_case: pd.DataFrame, metadata: dict | None, *, families=FAMILIES,
+                  embeddings: pd.DataFrame | None = None) -> pd.DataFrame:
     """The features of every case of the per-case table (indexed by case id), from the families
-    asked for and available."""
+    asked for and available (embeddings: the pooled bottleneck vectors, indexed by case id)."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown feature famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
@@ -100,6 +112,8 @@ def case_features(per_case: pd.DataFrame, metadata: dict | None, *, families=FAM
         present = [c for c in names if family in families and c in table.columns]
         if present:
             parts.append(table[present].apply(pd.to_numeric, errors="coerce").astype(float))
+    if "embedding" in families and embeddings is not None and len(embeddings):
+        parts.append(embedding_features(embeddings.reindex([i for i in ids if i in embeddings.index])))
     if not parts:
         return pd.DataFrame(index=ids)
     frame = pd.concat(parts, axis=1)
@@ -134,3 +148,49 @@ def image_features(image_hu: np.ndarray, labels: np.ndarray) -> dict:
     k = float(image[kidney].mean()) if kidney.any() else math.nan
     t = float(image[tumor].mean()) if tumor.any() else math.nan
     return {"noise_hu": noise, "kidney_hu": k, "tumor_hu": t, "contrast_hu": k - t}
+
+
+def embedding_features(vectors: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Principal components and k-means clusters of per-case vectors (rows: cases). Channels are
+    standardised first (a channel constant over the cases is left out); everything is computed
+    from the vectors alone, never the outcomes, so both halves of discovery search the same slices."""
+    from scipy.cluster.vq import kmeans2
+
+    x = vectors.to_numpy(float)
+    n = x.shape[0]
+    out = pd.DataFrame(index=vectors.index)
+    if n < 4:
+        return out
+    spread = x.std(axis=0)
+    x = (x[:, spread > 1e-12] - x[:, spread > 1e-12].mean(axis=0)) / spread[spread > 1e-12]
+    if x.shape[1] == 0:
+        return out
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    scores = u * s                                      # the cases in principal coordinates
+    for k in range(min(EMBEDDING_PCS, scores.shape[1])):
+        # the sign of a component is arbitrary: fix it so the largest |score| is positive
+        sign = 1.0 if scores[np.argmax(np.abs(scores[:, k])), k] >= 0 else -1.0
+        out[f"embedding_pc{k + 1}"] = sign * scores[:, k]
+    space = scores[:, :min(CLUSTER_DIMS, scores.shape[1])]
+    for k in CLUSTER_KS:
+        if k >= n:
+            continue
+        labels = _kmeans(space, k, seed, kmeans2)
+        order = {c: i + 1 for i, c in enumerate(sorted(np.unique(labels), key=lambda c: (-(labels == c).sum(), c)))}
+        out[f"{CLUSTER_PREFIX}{k}"] = [str(order[c]) for c in labels]
+    return out
+
+
+def _kmeans(points: np.ndarray, k: int, seed: int, kmeans2, restarts: int = 8) -> np.ndarray:
+    """The labels of the lowest-inertia of `restarts` seeded k-means++ runs."""
+    best, best_inertia = None, math.inf
+    for r in range(restarts):
+        centres, labels = kmeans2(points, k, minit="++", seed=np.random.default_rng([seed, k, r]))
+        inertia = float(((points - centres[labels]) ** 2).sum())
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
+
+
+def is_cluster(feature: str) -> bool:
+    return feature.startswith(CLUSTER_PREFIX) and feature[len(CLUSTER_PREFIX):].isdigit()

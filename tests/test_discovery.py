@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -127,9 +128,9 @@ def test_too_few_cases_is_a_note_not_a_search():
 
 
 def test_feature_families_are_checked():
-    assert feature_families("auto") == ("metadata", "derived", "image")
+    assert feature_families("auto") == ("metadata", "derived", "image", "embedding")
     assert feature_families("metadata,image") == ("metadata", "image")
-    with pytest.raises(ValueError, match="unknown family embedings; valid: auto, metadata, derived, image"):
+    with pytest.raises(ValueError, match="unknown family embedings; valid: auto, metadata, derived, image, embedding"):
         feature_families("embedings")
 
 
@@ -187,11 +188,13 @@ def test_train_runs_discovery_on_its_test_tables_when_asked(tmp_path, capsys):
     from tests.test_training import tiny_args
     write_tiny_cohort(tmp_path / "raw", n_cases=6, shape=(16, 48, 48), spacing=(4.0, 1.2, 1.2))
     assert train.main(tiny_args(tmp_path, "disc", epochs=1, extra=["eval.discover=true",
-                                                                   "eval.discover_features=metadata,derived"])) == 0
+                                                                   "eval.discover_features=metadata,derived,embedding"])) == 0
     out = capsys.readouterr().out
     eval_dir = tmp_path / "runs" / "disc" / "eval"
     assert "discovery: no failing subgroup confirmed" in out and "not searched: 2 scored cases" in out
     assert list(pd.read_csv(eval_dir / "slices.csv").columns) == list(SLICE_COLUMNS)
+    vectors = pd.read_csv(eval_dir / "embeddings.csv", index_col="case_id")
+    assert vectors.shape == (2, 16)       # the test cases, the bottleneck's width (model.max_features)
     from config import ConfigError, load_config
     with pytest.raises(ConfigError, match="eval.discover_features"):
         load_config(None, ["eval.discover_features=embedings"])
@@ -212,3 +215,82 @@ def test_discovery_can_search_one_region():
     assert lines[0].startswith("\n(kidney Dice) discovery: ")
     with pytest.raises(ValueError, match="discovery region 'liver'"):
         run_discovery(per_case, metadata, region="liver", log=lines.append)
+
+
+# ----------------------------------------------------------------------------- the model's own view
+class _IdentityEncoder(torch.nn.Module):
+    def forward(self, x, groups=None):
+        self.groups = groups
+        return [x * 0, x if groups is None else x + groups.view(-1, 1, 1, 1, 1).float()]
+
+
+class _Network(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = _IdentityEncoder()
+
+
+def test_case_embedding_pools_the_deepest_stage_over_non_overlapping_tiles():
+    from models.embedding import case_embedding
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(8, 16, 24)).astype(np.float32)
+    net = _Network()
+    # tiles of (4, 8, 8) tile the image exactly: the pooled identity is the image's mean
+    assert case_embedding(net, image, patch_size=(4, 8, 8)) == pytest.approx([image.mean()], rel=1e-5)
+    # a case smaller than the patch is zero-padded, as the sliding window does
+    assert case_embedding(net, image, patch_size=(8, 16, 32)) == pytest.approx([image.mean() * 24 / 32], rel=1e-5)
+    assert case_embedding(net, image, patch_size=(4, 8, 8), group=2) == pytest.approx([image.mean() + 2], rel=1e-5)
+    assert net.training   # left as found
+    with pytest.raises(TypeError, match="no encoder"):
+        case_embedding(torch.nn.Conv3d(1, 1, 1), image, patch_size=(4, 8, 8))
+
+
+def embedded_cohort(n: int, seed: int, *, member_share: float = 0.2):
+    """Vectors of 16 channels: a hidden member set sits apart along a direction no metadata names."""
+    metadata, per_case = synthetic_cohort(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    members = rng.random(n) < member_share
+    vectors = rng.normal(size=(n, 16))
+    vectors[members, :4] += 3.0
+    return metadata, per_case, members, pd.DataFrame(vectors, index=per_case["case_id"]).add_prefix("e")
+
+
+def test_embedding_features_are_outcome_blind_components_and_size_ordered_clusters():
+    from fairness.features import CLUSTER_KS, embedding_features
+    _, per_case, members, vectors = embedded_cohort(120, 0)
+    frame = embedding_features(vectors)
+    assert list(frame.columns) == ["embedding_pc1", "embedding_pc2", "embedding_pc3"] + [f"embedding_k{k}" for k in CLUSTER_KS]
+    assert frame.equals(embedding_features(vectors))                           # seeded: the same slices each time
+    assert abs(np.corrcoef(frame["embedding_pc1"], members)[0, 1]) > 0.9       # the separated direction comes first
+    sizes = frame["embedding_k2"].value_counts()
+    assert list(sizes.index) == ["1", "2"] and sizes["1"] >= sizes["2"]         # 1 is the largest cluster
+    two = frame["embedding_k2"].to_numpy() == "2"
+    assert (two & members).sum() / (two | members).sum() > 0.9
+    shuffled = vectors.sample(frac=1.0, random_state=1)
+    again = embedding_features(shuffled).reindex(frame.index)
+    assert np.allclose(again["embedding_pc1"], frame["embedding_pc1"])          # rows' order does not matter
+    assert embedding_features(vectors.iloc[:3]).empty                           # too few cases to summarise
+
+
+def test_a_failure_only_the_embedding_sees_is_confirmed_as_a_cluster_described_in_words():
+    from fairness.discovery import run_discovery
+    metadata, per_case, members, vectors = embedded_cohort(160, 3, member_share=0.25)
+    for i, case_id in enumerate(per_case["case_id"]):      # a readable trace: most members scanned thick
+        metadata[case_id]["slice_thickness_mm"] = 5.0 if (members[i] and i % 5) or i % 11 == 0 else 1.0
+    rng = np.random.default_rng(4)
+    per_case["mean"] = rng.normal(0.85, 0.08, len(per_case)) - 0.15 * members
+    lines = []
+    result = run_discovery(per_case, {k: {**v, "slice_thickness_mm": None} for k, v in metadata.items()},
+                           families=("metadata", "embedding"), embeddings=vectors, log=lines.append)
+    top = result.slices.iloc[0]
+    found = set(result.members.loc[result.members["rank"] == 1, "case_id"])
+    truth = set(per_case["case_id"][members])
+    assert top["confirmed"] and "embedding" in top["features"], top["rule"]
+    assert len(found & truth) / len(found | truth) >= 0.6
+    assert top["described_by"] == "" or " of " in top["described_by"]
+    described = run_discovery(per_case, metadata, families=("metadata", "embedding"), embeddings=vectors,
+                              log=lines.append).slices
+    row = described[described["features"].str.contains("embedding")].iloc[0]
+    assert row["described_by"].endswith("with slice_thickness_mm > 1"), row["described_by"]
+    assert "embedding cluster" in lines[0] or "embedding_pc" in lines[0]
+    assert row["described_by"] in lines[1]

@@ -181,3 +181,25 @@ def test_a_damaged_cache_case_is_listed_and_the_others_are_scored(runs, tmp_path
         assert [r["case_id"] for r in rows] == test_ids[1:] and [f.where for f in scorer.failures] == test_ids[:1]
     finally:
         victim.write_bytes(saved)
+
+
+def test_discover_with_a_checkpoint_saves_the_models_pooled_bottleneck(runs, tmp_path, capsys):
+    run = runs / "runs" / "pair" / "seed0"
+    out = tmp_path / "disc"
+    assert evaluate.main(["--ckpt", str(run / "last.pt"), "--out", str(out), "--discover", "--features",
+                          "derived,embedding", "--n-boot", "20", "--n-perm", "100", "--no-progress"]) == 0
+    assert "discovery: no failing subgroup confirmed" in capsys.readouterr().out   # 4 cases: not searched
+    vectors = pd.read_csv(out / "embeddings.csv", index_col="case_id")
+    per_case = pd.read_csv(out / "per_case.csv")
+    assert sorted(vectors.index) == sorted(per_case["case_id"])
+    assert vectors.shape[1] == 16 and np.isfinite(vectors.to_numpy()).all()   # model.max_features: the bottleneck
+    # the same vector from the library calls a notebook would make
+    from data.cache import load_preprocessed
+    from models.checkpoint import load_checkpoint, model_from_checkpoint
+    from models.embedding import case_embedding
+    ckpt = load_checkpoint(run / "last.pt")
+    net = model_from_checkpoint(ckpt, where="last.pt")
+    case_id = vectors.index[0]
+    image, _, _ = load_preprocessed(runs / "cache", case_id)
+    again = case_embedding(net, image, patch_size=ckpt["config"]["train"]["patch_size"])
+    assert np.allclose(again, vectors.loc[case_id].to_numpy(), rtol=1e-4, atol=1e-5)
