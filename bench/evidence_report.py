@@ -1,9 +1,10 @@
 """README's evidence tables ("What the tool finds on its benchmark"), read from the folders that
 bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
 
-    python bench/evidence_report.py                        # bench/out/matrix_sex, matrix_age, matrix_hidden, real_anatomy
+    python bench/evidence_report.py                        # bench/out/matrix_sex, matrix_age, matrix_hidden,
+                                                           # matrix_hidden_casemix, real_anatomy
     python bench/evidence_report.py --out bench/out/evidence.md
-    python bench/evidence_report.py --sex DIR --age '' --hidden '' --real ''   # one folder; '' skips a part
+    python bench/evidence_report.py --sex DIR --age '' --hidden '' --hidden-casemix '' --real ''   # '' skips a part
 
 Per method, over the seeds found (each table says how many):
   - the study's table form: Dice kidney / tumor / mean, SD and SER as mean ± std over seeds, and the
@@ -15,6 +16,9 @@ Per method, over the seeds found (each table says how many):
     correction over the methods (fairness_matrix.py's paired_<class>.csv and compare/compare.csv);
   - the twin effect: Dice of the affected test cases' unbiased twins minus their own, averaged
     over the cases and seeds (what the planted mechanism still costs that model at test time).
+For a hidden subgroup (matrix_hidden_casemix): FairDRO's own claims, each a paired Δ against the
+baseline with Holm over the three: the worst group's Dice, the hidden members' Dice, and the CVaR20
+of the group that holds them (fairness/paired.py's paired_delta and paired_cvar).
 For the real-anatomy cohort: the raw and case-mix adjusted sex and age gaps, beside the study's
 Table 1 and Table 4 figures (SPEC §1).
 """
@@ -174,6 +178,62 @@ def hidden_table(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def hidden_members(folder: Path) -> set:
+    """The hidden subgroup's members of a matrix cohort (kits.json synthetic_bias.hidden.member)."""
+    from data.kits import load_metadata
+
+    metadata = load_metadata(folder / "raw" / "kits.json")
+    return {cid for cid, e in metadata.items() if ((e.get("synthetic_bias") or {}).get("hidden") or {}).get("member")}
+
+
+def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", attribute: str = "sex") -> pd.DataFrame:
+    """FairDRO's three claims against the baseline on the same test cases: the worst group's Dice, the
+    hidden members' Dice and the tail (CVaR20) of the group that holds them; paired Δ (method −
+    baseline, each the mean over its seeds), bootstrap CI, swap p, Holm over the three."""
+    from fairness.paired import paired_cvar, paired_delta
+    from fairness.significance import holm
+    from fairness.tails import cvar
+
+    def frames(m):
+        seeds = sorted(runs.loc[runs["method"] == m, "seed"])
+        return [pd.read_csv(folder / "runs" / m / f"seed{s}" / "eval" / "per_case.csv") for s in seeds]
+
+    base, other = frames("baseline"), frames(method)
+    members = hidden_members(folder)
+    test = set(base[0]["case_id"])
+    held = sorted(members & test)
+    group = base[0].loc[base[0]["case_id"].isin(held), attribute].iloc[0]
+    group_ids = sorted(base[0].loc[base[0][attribute] == group, "case_id"])
+    on = lambda fs, ids: [f[f["case_id"].isin(ids)] for f in fs]   # noqa: E731
+    worst = paired_delta(base, other, attribute, order=ORDER.get(attribute))
+    inside = paired_delta(on(base, held), on(other, held), attribute)
+    tail = paired_cvar(base, other, group_ids, alpha=0.2)
+
+    def level(fs, ids, how):
+        return pd.Series([how(f[f["case_id"].isin(ids)]) for f in fs])
+
+    claims = [
+        (f"worst group ({len(test)} cases)", worst["delta_worst"], worst["delta_worst_lo"], worst["delta_worst_hi"],
+         worst["p_worst"]),
+        (f"hidden members ({len(held)} {group} test cases)", inside["delta_mean"], inside["delta_mean_lo"],
+         inside["delta_mean_hi"], inside["p_mean"]),
+        (f"CVaR20 of the {group} cases ({len(group_ids)})", tail["delta_cvar"], tail["delta_cvar_lo"],
+         tail["delta_cvar_hi"], tail["p_cvar"])]
+    levels = {
+        0: lambda fs: pd.Series([100 * f.groupby(attribute)["mean"].mean().min() for f in fs]),
+        1: lambda fs: level(fs, held, lambda g: 100 * g["mean"].mean()),
+        2: lambda fs: level(fs, group_ids, lambda g: 100 * cvar(g["mean"].to_numpy(), 0.2))}
+    p_holm = holm([c[4] for c in claims])
+    rows = {}
+    for k, (label, delta, lo, hi, p) in enumerate(claims):
+        rows[label] = {"nnU-Net baseline": pm(levels[k](base)), name(method): pm(levels[k](other)),
+                       "Δ [95% CI]": f"{delta:+.1f} [{lo:+.1f}, {hi:+.1f}]", "p": format_p(p),
+                       "Holm p (3 claims)": format_p(p_holm[k])}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "claim"
+    return out
+
+
 def real_table(folder: Path) -> pd.DataFrame:
     """Real anatomy, no planted bias: raw and adjusted sex and age gaps beside the study's."""
     by = {"sex": read_runs(folder), "age": read_runs(folder, "age")}
@@ -256,6 +316,12 @@ def sections(args) -> list[str]:
         runs = read_runs(args.hidden)
         out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs)),
                 paired_seeds(args.hidden) + "\n"]
+    if args.hidden_casemix:
+        runs = read_runs(args.hidden_casemix)
+        out += [f"### Hidden case mix: `hidden_small_tumors_female` ({seeds_line(runs)})",
+                to_markdown(hidden_table(args.hidden_casemix, runs)),
+                "FairDRO's claims, paired against the baseline on the same test cases:",
+                to_markdown(fairdro_claims(args.hidden_casemix, runs)) + "\n"]
     if args.real:
         out += [f"### Real anatomy ({seeds_line(read_runs(args.real))})", to_markdown(real_table(args.real))]
     return out
@@ -267,6 +333,9 @@ def main(argv=None) -> int:
     p.add_argument("--sex", type=folder, default=OUT / "matrix_sex")
     p.add_argument("--age", type=folder, default=OUT / "matrix_age")
     p.add_argument("--hidden", type=folder, default=OUT / "matrix_hidden")
+    p.add_argument("--hidden-casemix", type=folder, default=OUT / "matrix_hidden_casemix",
+                   help="the hidden case-mix matrix (configs/bias/hidden_small_tumors_female.yaml), with FairDRO's "
+                        "claims tested")
     p.add_argument("--real", type=folder, default=OUT / "real_anatomy")
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     p.add_argument("--figure", type=Path, help="write the sex matrix's trade-off figure on the kidney Dice here (PNG)")

@@ -23,9 +23,10 @@ cohorts"; what the generators do with them: data/synthetic.py):
     tumor_scale  number > 0     tumor volume x factor
     label_noise  integer 1-10   written reference outlines moved in-plane by under k voxels
     share        0 <= s <= 1    the group's share of the cohort (one attribute per file)
-    hidden       mapping        {fraction: (0, 1], and any of noise / slice_mm / contrast / blur}:
-                                those effects for exactly round(fraction x group size) of the
-                                group's cases, chosen by seed (one hidden group per file)
+    hidden       mapping        {fraction: (0, 1], and any of noise / slice_mm / contrast / blur /
+                                tumor_scale}: those effects for exactly round(fraction x group
+                                size) of the group's cases, chosen by seed (one hidden group per
+                                file): a hidden acquisition, or a hidden case mix
 
 When several entries apply to one case (a woman over 70 under `sex` and `age` entries), factors
 (noise, contrast, tumor_scale) multiply, blur FWHMs add in quadrature, and slice_mm and
@@ -57,7 +58,7 @@ from data.groups import Attribute, GroupError, parse_attribute
 from data.untrusted import read_yaml
 
 FACTORS = ("noise", "contrast", "tumor_scale")      # multiply when combined
-ACQUISITION = ("noise", "slice_mm", "contrast", "blur")   # what a hidden subgroup may get
+HIDDEN_EFFECTS = ("noise", "slice_mm", "contrast", "blur", "tumor_scale")   # what a hidden subgroup may get
 MECHANISMS = ("noise", "slice_mm", "contrast", "blur", "tumor_scale", "label_noise", "share", "hidden")
 # (lowest, lowest allowed itself, highest) per numeric mechanism
 RANGES = {"noise": (0.0, False, 50.0), "slice_mm": (0.0, False, 50.0), "contrast": (0.0, True, 10.0),
@@ -314,9 +315,9 @@ def _hidden(value, key: str, where: str) -> dict:
     f = value.pop("fraction")
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
         raise BiasSpecError(where, f"{key}.fraction: must be a number in (0, 1], got {f!r}")
-    mech = _mechanisms(value, key, where, ACQUISITION)
+    mech = _mechanisms(value, key, where, HIDDEN_EFFECTS)
     if not mech:
-        raise BiasSpecError(where, f"{key}: give at least one of {', '.join(ACQUISITION)} besides fraction")
+        raise BiasSpecError(where, f"{key}: give at least one of {', '.join(HIDDEN_EFFECTS)} besides fraction")
     return {"fraction": float(f), **mech}
 
 

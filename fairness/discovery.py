@@ -237,12 +237,13 @@ def _slice_row(rule, mask, y, search, confirm, sign, metric) -> dict:
 
 def describe_slice(mask: np.ndarray, features: str, conds, cond_masks: np.ndarray) -> str:
     """For a slice of the model's embedding: the condition on a feature a person can read (not the
-    embedding) that best matches its members (Jaccard), as "9 of 14 with slice_mm > 5" (the
-    members it holds, of the slice's); "" for a rule already in readable features, or when no
-    condition shares half of the slice's cases."""
+    embedding, nor one the rule already names) that best matches its members (Jaccard), as "9 of
+    14 with slice_mm > 5" (the members it holds, of the slice's); "" for a rule already in
+    readable features, or when no condition shares half of the slice's cases."""
     if not any(f.startswith("embedding_") for f in features.split(",")):
         return ""
-    readable = [k for k, c in enumerate(conds) if not c.feature.startswith("embedding_")]
+    named = set(features.split(","))      # a condition of the rule itself describes nothing new
+    readable = [k for k, c in enumerate(conds) if not c.feature.startswith("embedding_") and c.feature not in named]
     if not readable or not mask.any():
         return ""
     rows = cond_masks[readable]

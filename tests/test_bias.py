@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data.bias import BiasSpec, BiasSpecError, CaseEffect, load_bias, parse_bias
+from data.bias import BiasSpec, BiasSpecError, CaseEffect, describe_bias, load_bias, parse_bias
 from data.errors import CaseError
 from data.kits import scan_cohort
 from data.nifti import kits_affine, read_volume, write_volume
@@ -66,7 +66,7 @@ def flat_noise(img: np.ndarray, noise_free: np.ndarray) -> tuple[float, int]:
     ({"age": {">=75": {"slice_mm": 5}}}, "age.>=75"),
     ({"sex": {"female": {"label_noise": 1.5}}}, "sex.female.label_noise"),
     ({"sex": {"female": {"hidden": {"noise": 3}}}}, "sex.female.hidden.fraction"),
-    ({"sex": {"female": {"hidden": {"fraction": 0.3, "tumor_scale": 0.5}}}}, "sex.female.hidden.tumor_scale"),
+    ({"sex": {"female": {"hidden": {"fraction": 0.3, "label_noise": 2}}}}, "sex.female.hidden.label_noise"),
     ({"sex": {"female": {"hidden": {"fraction": 0.3}}}}, "sex.female.hidden"),
     ({"sex": {"female": {"share": 1.5}}}, "sex.female.share"),
     ({"sex": {"female": {"share": 0.3}}, "age": {">=70": {"share": 0.2}}}, "share"),
@@ -104,7 +104,8 @@ def test_presets_parse_and_plant_what_they_say():
     want = {"low_dose_female": "noise", "thick_slices_elderly": "slice_mm", "small_tumors_young": "tumor_scale",
             "hidden_female": "hidden", "low_contrast_elderly": "contrast", "motion_blur_elderly": "blur",
             "noisy_labels_male": "label_noise", "few_female": "share", "poor_protocol_female": "contrast",
-            "small_tumors_female": "tumor_scale", "noisy_labels_male_k2": "label_noise"}
+            "small_tumors_female": "tumor_scale", "noisy_labels_male_k2": "label_noise",
+            "protocol_shift_female": "hidden", "hidden_small_tumors_female": "tumor_scale"}
     for name, mech in want.items():
         text = (PRESETS / f"{name}.yaml").read_text()
         assert text.startswith("#") and "measured" in text.lower(), name     # header: what, why, measured
@@ -151,6 +152,18 @@ def test_hidden_fraction_is_exact_and_seeded(n):
     others = {tuple(sorted(c for c, e in s.resolve(metas, seed=k)[0].items() if e.hidden and e.hidden["member"]))
               for k in range(6)}
     assert len(others) > 1 or len(members) in (0, n)       # the seed chooses the members
+
+
+def test_a_hidden_case_mix_scales_only_the_members_tumors():
+    s = spec({"sex": {"female": {"hidden": {"fraction": 0.5, "tumor_scale": 0.1}}}})
+    metas = _metas(10, 4)
+    effects, _ = s.resolve(metas, seed=3)
+    members = [c for c, e in effects.items() if e.hidden and e.hidden["member"]]
+    assert len(members) == 5
+    for cid, e in effects.items():
+        assert e.tumor_scale == (0.1 if cid in members else 1.0)
+        assert e.acts == (cid in members)                     # only members get a twin
+    assert describe_bias(s.normalised) == "sex female: a hidden 50% of them with tumor volume x0.1"
 
 
 def test_share_quotas_and_from_labels_selection():
@@ -558,7 +571,6 @@ def test_prepare_refuses_a_raw_folder_with_another_field_of_view(tmp_path, monke
 
 
 def test_a_spec_in_words_and_the_planted_line(tmp_path):
-    from data.bias import describe_bias
     from engine.runs import planted_bias_line
     assert describe_bias(load_bias(PRESETS / "low_dose_female.yaml").normalised) == "sex female: image noise x2.5"
     assert describe_bias(load_bias(PRESETS / "hidden_female.yaml").normalised) == \

@@ -132,3 +132,41 @@ def test_a_gap_in_one_class_is_tested_apart_from_the_mean_that_dilutes_it():
     assert sig["kidney_worst"] == "female" and sig["kidney_gap_p"] < 0.01
     assert sig["kidney_gap"] == pytest.approx(per_case.groupby("sex")["kidney"].mean().agg(lambda m: m.max() - m.min()))
     assert "by class: kidney gap" in significance_line(sig)
+
+
+def test_paired_cvar_has_known_answers_and_holds_its_level_on_a_tail_of_unequal_spread():
+    from fairness.paired import paired_cvar
+    ids = [f"c{i}" for i in range(10)]
+    base = pd.DataFrame({"case_id": ids, "mean": np.linspace(0.1, 1.0, 10)})
+    lifted = base.assign(mean=base["mean"] + 0.05)
+    row = paired_cvar([base], [lifted], ids, alpha=0.2)
+    assert row["delta_cvar"] == pytest.approx(5.0) and row["n"] == 10
+    assert row["delta_cvar_lo"] == pytest.approx(5.0) and row["delta_cvar_hi"] == pytest.approx(5.0)
+    # the tail holds 2 cases, and only their swaps move it: |Δ*| = 5 in exactly half the swaps
+    assert row["p_cvar"] == pytest.approx(0.5, abs=0.05)
+    same = paired_cvar([base, base], [base.copy(), base.copy()], ids)
+    assert same["delta_cvar"] == 0.0 and same["p_cvar"] == 1.0
+    one = paired_cvar([base], [lifted], ids[:1])
+    assert one["delta_cvar"] == pytest.approx(5.0) and math.isnan(one["p_cvar"]) and math.isnan(one["delta_cvar_lo"])
+    # no effect: per-case difficulty shared by both methods, run noise of unequal spread across cases
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(300):
+        n = 14
+        case = rng.beta(4, 2, n)
+        spread = np.where(np.arange(n) < 4, 0.15, 0.03)
+        runs = [pd.DataFrame({"case_id": ids[:0] + [f"c{i}" for i in range(n)],
+                              "mean": np.clip(case + spread * rng.normal(size=n), 0, 1)}) for _ in range(6)]
+        hits += paired_cvar(runs[:3], runs[3:], [f"c{i}" for i in range(n)], n_boot=400,
+                            seed=int(rng.integers(1 << 30)))["p_cvar"] < 0.05
+    assert hits / 300 <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 300)
+    # power: a method that lifts the hard cases by 15 points (30 cases, 3 runs each) is seen
+    found = 0
+    for _ in range(100):
+        n = 30
+        case = rng.beta(4, 2, n)
+        make = lambda lift: pd.DataFrame({"case_id": [f"c{i}" for i in range(n)],   # noqa: E731
+                                          "mean": np.clip(case + lift * (case < 0.55) + 0.03 * rng.normal(size=n), 0, 1)})
+        found += paired_cvar([make(0) for _ in range(3)], [make(0.15) for _ in range(3)],
+                             [f"c{i}" for i in range(n)], n_boot=400, seed=int(rng.integers(1 << 30)))["p_cvar"] < 0.05
+    assert found / 100 >= 0.8
