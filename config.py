@@ -95,8 +95,10 @@ DEFAULTS = {
         # failing subgroups nobody named (fairness/discovery.py) on the test split's table: rules on
         # the cases' features, each half searching and the other confirming; slices.csv in eval/
         "discover": False,
-        "discover_features": "auto",    # auto | a comma list of metadata, derived, image, embedding (--ckpt only)
+        "discover_features": "auto",    # auto | a comma list of metadata, derived, image, embedding
         "discover_region": "mean",      # the per-case value searched: mean | kidney | tumor
+        # eval/report.html with the test tables: the audit as one self-contained page (fairness/html_report.py)
+        "report": True,
     },
     "fairness": {
         "attribute": "sex",             # the group attribute every mitigation acts on (the run's group index)

@@ -219,6 +219,23 @@ def save_per_case(per_case: pd.DataFrame, out: Path) -> None:
     write_csv(per_case.drop(columns=list(FILE_COLUMNS), errors="ignore"), out / "per_case.csv", index=False)
 
 
+def write_page(out: Path | None, per_case, args, *, title: str, audited: list, settings=None,
+               gallery_absent: str = "") -> None:
+    """report.html in the audit folder (fairness/html_report.py), unless --no-report."""
+    if out is None or args.no_report:
+        return
+    import shlex
+
+    from fairness.html_report import ReportContext, config_digest, write_html_report
+    from models.checkpoint import git_commit
+
+    settings = settings if settings is not None else {k: v for k, v in vars(args).items() if k != "argv"}
+    context = ReportContext(title=title, audited=audited, command="python evaluate.py " + shlex.join(args.argv),
+                            commit=git_commit(), config_digest=config_digest(settings), seeds=str(args.seed),
+                            n_boot=args.n_boot, n_perm=args.n_perm, gallery_absent=gallery_absent)
+    print(f"report: {write_html_report(out, context, per_case)}")
+
+
 def adjust_for(args) -> list:
     """The case-mix covariates of the adjusted gap: --adjust-for, else the defaults."""
     from fairness.adjusted import DEFAULT_COVARIATES
@@ -325,6 +342,9 @@ def cmd_audit(args) -> int:
         write_reports(per_case, attributes, out, args, title=title, metrics=args.metric or ["dice"])
         if args.discover:
             discover_failures(per_case, audit_metadata(args), out, args, metrics=args.metric or ["dice"])
+        what = ([("predictions", str(args.pred)), ("references", str(args.gt))] if args.pred is not None
+                else [("nnU-Net summary", str(args.nnunet_summary))])
+        write_page(out, per_case, args, title=title, audited=what + [("metadata", str(args.meta or "-"))])
         if out is not None:
             save_per_case(per_case, out)
     print(f"\nscored {len(per_case)} case(s), {len(failures)} failed" + (f"; tables in {out}" if out else ""))
@@ -496,6 +516,12 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata, embeddings
 
 
+def settings_of(ckpt_path: Path) -> dict:
+    """The resolved config a checkpoint saved (its digest is the report's config digest)."""
+    from models.checkpoint import load_checkpoint
+    return load_checkpoint(ckpt_path).get("config", {})
+
+
 def checkpoint_metrics(args, cfg: dict) -> list[str]:
     """--metric, else the run's eval.metrics; Dice first, always."""
     from fairness.metrics import check_metrics
@@ -529,6 +555,8 @@ def cmd_ckpt(args) -> int:
                 discover_failures(per_case, metadata, out_dir, args, metrics=metrics, embeddings=embeddings)
                 if embeddings is not None:
                     write_csv(embeddings.rename_axis("case_id"), out_dir / "embeddings.csv")
+            write_page(out_dir, per_case, args, title=title, settings=settings_of(path),
+                       audited=[("model", str(path)), ("cases", str(args.data or "the run's test split"))])
             save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")
         if failures:
@@ -701,6 +729,9 @@ def cmd_compare(args) -> int:
     out = compare_out_dir(args)
     with results_folder(out, overwrite=args.overwrite, marker=f"compare{suffix}.csv"):
         write_comparison(table, shown, frames, orders, methods, metric, suffix, out, args)
+        write_page(out, None, args, title=f"{len(methods)} methods compared ({metric.label})",
+                   audited=[("methods", ", ".join(methods)), ("baseline", str(args.baseline or "-"))],
+                   gallery_absent="a comparison draws no cases: each method's own audit folder has its report")
     print(f"\ntables and figures in {out}")
     return 0
 
@@ -833,6 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-scheme", default="kits19", help="label map of --gt and --pred, or the labels of "
                         "--nnunet-summary's keys (kits19 default)")
     parser.add_argument("--overall", type=number(), help="with --group-dice: Dice over all cases, for ES-Dice")
+    parser.add_argument("--no-report", action="store_true",
+                        help="do not write report.html (the audit as one self-contained page) in the results folder")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
@@ -841,6 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # the report's footer quotes it
     if args.alpha is not None:
         parser.error("--alpha is now --cvar-level (the within-group CVaR level)")
     modes = [m for m in ("ckpt", "compare", "pred", "nnunet_summary", "group_dice") if getattr(args, m)]

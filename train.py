@@ -39,7 +39,7 @@ from engine.runs import (batch_folder, create_run_dir, discover_test_failures, i
                          plan_batch, planted_bias_line, training_interrupted, write_test_tables)
 from engine.slurm import submit, train_command, write_scripts
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
-from models.checkpoint import FORMAT_VERSION, convert_checkpoint, load_checkpoint
+from models.checkpoint import FORMAT_VERSION, convert_checkpoint, git_commit, load_checkpoint
 
 
 def parse_args(argv=None):
@@ -239,11 +239,33 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
     if trainer.cfg["eval"]["discover"]:
         discover_test_failures(trainer.cfg, data.table, per_case, run_dir / "eval", log=log,
                                embed=lambda: trainer.embed(per_case["case_id"].tolist()))
-    write_test_tables(run_dir / "eval", per_case, audits, log=log)
+    write_test_tables(run_dir / "eval", per_case, audits, log=log,
+                      page=(lambda folder, table, lines: test_page(trainer, run_dir, folder, table, lines, log))
+                      if trainer.cfg["eval"]["report"] else None)
     planted = planted_bias_line(data.cache)
     if planted:
         log(f"\n{planted}")
-    log(f"\nrun folder: {run_dir} (TensorBoard: tensorboard --logdir {run_dir})")
+    page = run_dir / "eval" / "report.html"
+    log(f"\nrun folder: {run_dir} (" + (f"the audit as a page: {page}; " if page.is_file() else "")
+        + f"TensorBoard: tensorboard --logdir {run_dir})")
+
+
+def test_page(trainer: Trainer, run_dir: Path, folder: Path, per_case, lines: dict, log) -> None:
+    """eval/report.html: the test tables as one page (fairness/html_report.py)."""
+    import shlex
+
+    from fairness.html_report import ReportContext, config_digest, write_html_report
+
+    cfg = trainer.cfg
+    context = ReportContext(
+        title=f"{run_dir.name}: test split, {len(per_case)} cases", command="python train.py " + shlex.join(sys.argv[1:]),
+        audited=[("run", str(run_dir)), ("cases", f"the test split of {cfg['data']['raw']}"),
+                 ("steps trained", str(trainer.step))],
+        commit=git_commit(), config_digest=config_digest(cfg), seeds=str(cfg["train"]["seed"]),
+        n_boot="-", n_perm=cfg["eval"].get("n_perm", "-"), lines=lines,
+        gallery_absent="no gallery: the test tables score in the preprocessed geometry without writing predictions; "
+                       f"python evaluate.py --ckpt {run_dir / 'last.pt'} writes them and its report draws the cases")
+    log(f"report: {write_html_report(folder, context, per_case)}")
 
 
 def train_run(args) -> int:

@@ -91,16 +91,28 @@ def training_interrupted(trainer, run_dir: Path, exc, *, in_batch: bool = False)
             f"continue with: {how}")
 
 
-def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print) -> None:
-    """The group tables, then per_case.csv (the "finished" marker), each atomically."""
+def write_test_tables(eval_dir: Path, per_case, audits: dict, *, log=print, page=None) -> None:
+    """The group tables and their summaries, then (page: a callable taking (eval_dir, per_case,
+    {attribute: significance lines})) the report page, then per_case.csv (the "finished" marker),
+    each atomically."""
+    import pandas as pd
+
     from fairness.audit import format_audit
     from fairness.significance import holm_family
 
     eval_dir.mkdir(exist_ok=True)
     holm_family([a.significance for a in audits.values() if a.significance])   # one family per screen
+    lines = {}
     for attr, audit in audits.items():
         write_csv(audit.table, eval_dir / f"groups_{attr}.csv")
-        log(f"\ntest split, grouped by {attr}:\n{format_audit(audit)}")
+        figures = {k: v for k, v in {**audit.summary, **(audit.significance or {})}.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        write_csv(pd.DataFrame({"value": figures}).rename_axis("figure"), eval_dir / f"summary_{attr}.csv")
+        text = format_audit(audit)
+        lines[attr] = text.splitlines()[len(audit.table) + 1:]      # below the table: SD, SER, ..., the tests
+        log(f"\ntest split, grouped by {attr}:\n{text}")
+    if page is not None:
+        page(eval_dir, per_case, lines)
     write_csv(per_case, eval_dir / "per_case.csv", index=False)
 
 

@@ -5,10 +5,13 @@
     tradeoff_plot      one point per method: mean Dice against SD and against SER, error bars
                        over seeds, the Pareto front joined and its methods ringed. The study's point
                        is that the Dice-best model need not be on the fair side of the front.
+    case_slice         one case's axial CT slice through its largest error, window [-79, 304] HU,
+                       reference and prediction contours in two colours (the report's gallery)
 
 Usage:
     fig = group_boxplot(per_case, "sex", order=["male", "female"]); fig.savefig("box_sex.png")
     fig = tradeoff_plot(compare, "sex"); fig.savefig("tradeoff_sex.png")
+    fig, z = case_slice(ct_hu, reference, prediction, spacing, title="case_00012: Dice 41.2")
 """
 from __future__ import annotations
 
@@ -118,3 +121,62 @@ def _spread_labels(fig, ax, gap_px: float = 1.0) -> None:
             note.xyann = (x_pt, y_pt + shift * px_to_pt)
             note.arrow_patch.set_visible(True)
         placed.append(box.translated(0, shift))
+
+
+CT_WINDOW = (-79.0, 304.0)      # KiTS19's abdominal soft-tissue window (HU)
+REFERENCE_COLOUR, PREDICTION_COLOUR = "#00c853", "#ff1744"
+
+
+def largest_error_slice(reference: np.ndarray, prediction: np.ndarray) -> int:
+    """The axial index (axis 0) with the most voxels where prediction and reference disagree on the
+    foreground labels; with no error, the one with the most reference foreground."""
+    wrong = (reference != prediction) & ((reference > 0) | (prediction > 0))
+    per_slice = wrong.reshape(wrong.shape[0], -1).sum(1)
+    if per_slice.max() == 0:
+        per_slice = (reference > 0).reshape(reference.shape[0], -1).sum(1)
+    return int(np.argmax(per_slice))
+
+
+def crop_window(foreground: np.ndarray, spacing, margin_mm: float = 30.0, min_mm: float = 120.0) -> tuple:
+    """(row slice, column slice) around a 2-D foreground, margin_mm on each side and at least min_mm
+    wide (whole image when there is no foreground): the organs, not the whole abdomen."""
+    if not foreground.any():
+        return slice(None), slice(None)
+    out = []
+    for axis, mm in zip((1, 0), spacing):
+        present = np.flatnonzero(foreground.any(axis=axis))
+        lo, hi = present[0], present[-1] + 1
+        pad = int(round(margin_mm / float(mm)))
+        lo, hi = lo - pad, hi + pad
+        short = int(round(min_mm / float(mm))) - (hi - lo)
+        if short > 0:
+            lo, hi = lo - short // 2, hi + short - short // 2
+        size = foreground.shape[1 - axis]
+        lo, hi = max(0, lo), min(size, hi)
+        out.append(slice(int(lo), int(hi)))
+    return tuple(out)
+
+
+def case_slice(ct_hu: np.ndarray, reference: np.ndarray, prediction: np.ndarray, spacing, *, title: str = "",
+               size_in: float = 3.2):
+    """(figure, axial index): the slice through the largest error, CT in the soft-tissue window,
+    reference contours (green) and prediction contours (red), kidney solid and tumor dashed, at the
+    voxels' true aspect (spacing z, y, x in mm)."""
+    plt = _pyplot()
+    z = largest_error_slice(reference, prediction)
+    window = crop_window((reference[z] > 0) | (prediction[z] > 0), spacing[1:])
+    rows, cols = ct_hu[z][window].shape
+    ratio = min(1.2, max(0.35, rows * float(spacing[1]) / max(cols * float(spacing[2]), 1e-6)))
+    fig, ax = plt.subplots(figsize=(size_in, size_in * ratio + (0.25 if title else 0.0)))
+    ax.imshow(ct_hu[z][window], cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], interpolation="nearest",
+              aspect=float(spacing[1]) / float(spacing[2]))
+    for labels, colour in ((reference, REFERENCE_COLOUR), (prediction, PREDICTION_COLOUR)):
+        for level, style in ((0.5, "solid"), (1.5, "dashed")):      # > 0: kidney and tumor; > 1: tumor
+            mask = (labels[z][window] > level).astype(float)
+            if 0 < mask.sum() < mask.size:
+                ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.0, linestyles=style)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout(pad=0.2)
+    return fig, z

@@ -132,6 +132,9 @@ def test_compare_against_a_baseline_gives_paired_deltas_and_refuses_other_case_s
     # the test split has one female case: SD, SER and worst get no interval and no p from it
     assert table.loc["twin", ["delta_sd_lo", "delta_sd_hi", "p_sd", "p_holm"]].isna().all()
     assert "against pair, by sex (paired over the same test cases" in capsys.readouterr().out
+    page = (tmp_path / "cmp" / "report.html").read_text()       # the comparison as a page
+    assert "id='compare'" in page and "Paired against the baseline" in page and "tradeoff sex" in page
+    assert "No difference from the baseline is beyond noise after Holm." in page
     # a method scored on other cases cannot be paired
     other = pd.read_csv(twin / "seed0" / "eval" / "per_case.csv")
     other["case_id"] = other["case_id"] + "_x"
