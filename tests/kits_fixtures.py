@@ -45,3 +45,25 @@ def write_tiny_cohort(root, n_cases=4, shape=(12, 20, 24), spacing=(4.0, 0.9, 0.
                         **(metadata_extra or {})})
     (root / "kits.json").write_text(json.dumps(entries))
     return root
+
+
+def write_smoker_audit(root, n_cases: int = 40, *, max_missed: int = 1, seed: int = 0):
+    """A tiny cohort (root/raw) whose current smokers (every fifth case, across sexes and ages) lose
+    most of their tumor in the predictions (root/preds); the others miss 0..max_missed kidney
+    slices. Returns (raw, preds, kits.json entries)."""
+    shape, spacing = (12, 20, 24), (4.0, 0.9, 0.9)
+    root = Path(root)
+    raw = write_tiny_cohort(root / "raw", n_cases=n_cases, shape=shape, spacing=spacing)
+    entries = json.loads((raw / "kits.json").read_text())
+    rng = np.random.default_rng(seed)
+    _, labels = make_case_arrays(shape)
+    for i, entry in enumerate(entries):
+        entry["smoking_history"] = "current_smoker" if i % 5 == 0 else "never_smoked"
+        pred = labels.copy()
+        if entry["smoking_history"] == "current_smoker":   # the failing subgroup: most of the tumor missed
+            pred[pred == 2] = 1
+        missed = int(rng.integers(0, max_missed + 1))
+        pred[3:3 + missed][pred[3:3 + missed] == 1] = 0
+        write_volume(root / "preds" / f"{entry['case_id']}.nii.gz", pred, kits_affine(spacing), spacing=spacing)
+    (raw / "kits.json").write_text(json.dumps(entries))
+    return raw, root / "preds", entries

@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 
 import evaluate
-from data.nifti import kits_affine, write_volume
 from fairness.calibration import discovery_recovery, false_confirmations
 from fairness.discovery import SLICE_COLUMNS, conditions, discover, discovery_line, feature_families
 from fairness.features import case_features, flatten, geometry_features, image_features, metadata_features
-from tests.kits_fixtures import make_case_arrays, write_tiny_cohort
+from tests.kits_fixtures import make_case_arrays, write_smoker_audit, write_tiny_cohort
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +148,7 @@ def test_geometry_and_image_measurements_have_known_answers():
 
 
 def test_discover_on_predictions_writes_the_contract_files(tmp_path, capsys):
-    n, shape, spacing = 40, (12, 20, 24), (4.0, 0.9, 0.9)
-    raw = write_tiny_cohort(tmp_path / "raw", n_cases=n, shape=shape, spacing=spacing)
-    entries = json.loads((raw / "kits.json").read_text())
-    rng = np.random.default_rng(0)
-    _, labels = make_case_arrays(shape)
-    for i, entry in enumerate(entries):
-        entry["smoking_history"] = "current_smoker" if i % 5 == 0 else "never_smoked"   # across sexes and ages
-        pred = labels.copy()
-        if entry["smoking_history"] == "current_smoker":   # the failing subgroup: most of the tumor missed
-            pred[pred == 2] = 1
-        missed = int(rng.integers(0, 2))
-        pred[3:3 + missed][pred[3:3 + missed] == 1] = 0
-        write_volume(tmp_path / "preds" / f"{entry['case_id']}.nii.gz", pred, kits_affine(spacing), spacing=spacing)
-    (raw / "kits.json").write_text(json.dumps(entries))
+    raw, _, entries = write_smoker_audit(tmp_path)
     assert evaluate.main(["--pred", str(tmp_path / "preds"), "--gt", str(raw), "--out", str(tmp_path / "a"),
                           "--discover", "--features", "metadata,derived,image", "--no-progress", "--n-boot", "20",
                           "--n-perm", "100"]) == 0

@@ -9,13 +9,11 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 
-import numpy as np
 import pandas as pd
 import pytest
 
 import evaluate
-from data.nifti import kits_affine, write_volume
-from tests.kits_fixtures import make_case_arrays, write_tiny_cohort
+from tests.kits_fixtures import write_smoker_audit
 
 SECTIONS = ("summary", "attr-sex", "gallery", "slices", "cases")
 
@@ -69,28 +67,11 @@ def parse(path) -> Page:
     return page
 
 
-def first_number(text: str) -> float:
-    return float(re.match(r"[-+]?\d+(\.\d+)?", text).group())
-
-
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
-    n, shape, spacing = 40, (12, 20, 24), (4.0, 0.9, 0.9)
-    raw = write_tiny_cohort(root / "raw", n_cases=n, shape=shape, spacing=spacing)
-    entries = json.loads((raw / "kits.json").read_text())
-    rng = np.random.default_rng(0)
-    _, labels = make_case_arrays(shape)
-    for i, entry in enumerate(entries):
-        entry["smoking_history"] = "current_smoker" if i % 5 == 0 else "never_smoked"
-        pred = labels.copy()
-        if entry["smoking_history"] == "current_smoker":
-            pred[pred == 2] = 1
-        missed = int(rng.integers(0, 3))
-        pred[3:3 + missed][pred[3:3 + missed] == 1] = 0
-        write_volume(root / "preds" / f"{entry['case_id']}.nii.gz", pred, kits_affine(spacing), spacing=spacing)
-    (raw / "kits.json").write_text(json.dumps(entries))
-    assert evaluate.main(["--pred", str(root / "preds"), "--gt", str(raw), "--out", str(root / "a"), "--discover",
+    write_smoker_audit(root, max_missed=2)
+    assert evaluate.main(["--pred", str(root / "preds"), "--gt", str(root / "raw"), "--out", str(root / "a"), "--discover",
                           "--features", "metadata,derived", "--group", "sex", "--no-progress", "--n-boot", "50",
                           "--n-perm", "200"]) == 0
     return root
