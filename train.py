@@ -256,6 +256,15 @@ def test_page(trainer: Trainer, run_dir: Path, folder: Path, per_case, lines: di
 
     from fairness.html_report import ReportContext, config_digest, write_html_report
 
+    from data.atomic import write_figure
+    from fairness.figures import group_boxplot
+    import matplotlib.pyplot as plt
+
+    for attr in lines:      # the box plots the page shows (evaluate.py writes them with its tables)
+        fig = group_boxplot(per_case, attr, order=trainer.data.orders.get(attr),
+                            title=f"{run_dir.name}: Dice per case by {attr}")
+        write_figure(folder / f"box_{attr}.png", fig)
+        plt.close(fig)
     cfg = trainer.cfg
     context = ReportContext(
         title=f"{run_dir.name}: test split, {len(per_case)} cases", command="python train.py " + shlex.join(sys.argv[1:]),

@@ -179,6 +179,8 @@ def test_train_runs_discovery_on_its_test_tables_when_asked(tmp_path, capsys):
     eval_dir = tmp_path / "runs" / "disc" / "eval"
     assert "discovery: no failing subgroup confirmed" in out and "not searched: 2 scored cases" in out
     assert list(pd.read_csv(eval_dir / "slices.csv").columns) == list(SLICE_COLUMNS)
+    page = (eval_dir / "report.html").read_text()        # the test tables as a page, its pictures explained
+    assert "the audit as a page: " in out and "id='attr-sex'" in page and "no gallery: the test tables score" in page
     vectors = pd.read_csv(eval_dir / "embeddings.csv", index_col="case_id")
     assert vectors.shape == (2, 16)       # the test cases, the bottleneck's width (model.max_features)
     from config import ConfigError, load_config
