@@ -46,7 +46,7 @@ ALPHA = 0.05
 QUANTILES = np.linspace(0.05, 0.95, 19)
 OVERLAP = 0.5          # Jaccard above which a rule is a near-copy of an earlier pick
 SLICE_COLUMNS = ("rank", "rule", "n", "mean", "rest_mean", "gap", "p", "p_holm", "confirmed",
-                 "n_search", "gap_search", "n_confirm", "gap_confirm", "features", "described_by")
+                 "n_search", "gap_search", "n_confirm", "gap_confirm", "features", "described_by", "searched")
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,7 @@ def discover(per_case: pd.DataFrame, features: pd.DataFrame, *, metric=None, col
     for row, mask in zip(rows, masks):
         row["described_by"] = describe_slice(mask, row["features"], conds, cond_masks)
     frame = pd.DataFrame(rows)
+    frame["searched"] = column          # the per-case value the slices fail on (kidney, tumor, mean, ...)
     frame["p_holm"] = holm(frame["p"].tolist())       # over every rule either half took to confirmation
     frame["confirmed"] = (frame["p_holm"] < alpha) & (frame["gap_confirm"] > 0)
     order = frame.sort_values(["p_holm", "p", "gap_confirm"], ascending=[True, True, False], kind="stable").index

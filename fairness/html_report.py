@@ -250,7 +250,7 @@ def first_screen(context: ReportContext, audits, slices: pd.DataFrame | None, n_
             found = f"<p>Discovery: no failing subgroup confirmed ({len(slices)} rules taken to a held-out test).</p>"
         else:
             items = "".join(f"<li><a href='#slice-{int(r['rank'])}'>{esc(r['rule'])}</a>: {int(r['n'])} cases, "
-                            f"{number(r['mean'])} against {number(r['rest_mean'])} for the rest "
+                            f"{esc(r.get('searched', 'mean'))} {number(r['mean'])} against {number(r['rest_mean'])} for the rest "
                             f"(held-out Holm p {p_text(r['p_holm'])})</li>" for _, r in confirmed.head(5).iterrows())
             found = f"<p>Failing subgroups confirmed on held-out cases:</p><ul>{items}</ul>"
     return (f"<section id='summary' class='first'><h2>What was audited</h2><dl>{facts}</dl>"
