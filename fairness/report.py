@@ -123,7 +123,8 @@ def rank_test_text(test: dict) -> str:
     if pd.isna(test["p"]):
         return f"{name}: {test['note'] or 'not applicable'}"
     holm = test.get("p_holm", math.nan)
-    return (f"{name} p = {format_p(test['p'])}" + (f", Holm {format_p(holm)}" if pd.notna(holm) else "")
+    shown = format_p(test["p"])
+    return (f"{name} p {'' if shown.startswith('<') else '= '}{shown}" + (f", Holm {format_p(holm)}" if pd.notna(holm) else "")
             + " (H0: the same distribution of per-case values; unequal spreads alone can reject it)")
 
 

@@ -236,7 +236,8 @@ def _p_text(sig: dict, key: str) -> str:
         return "no test"
     holm = sig.get(f"{key}_holm", math.nan)
     family = f" over {sig['holm_family']} tests" if sig.get("holm_family") else ""
-    return f"p = {_p(sig[key])}" + (f", Holm{family} {_p(holm)}" if math.isfinite(holm) else "")
+    shown = _p(sig[key])
+    return ("p " if shown.startswith("<") else "p = ") + shown + (f", Holm{family} {_p(holm)}" if math.isfinite(holm) else "")
 
 
 def significance_line(sig: dict, metric=None) -> str:
