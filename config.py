@@ -61,6 +61,9 @@ DEFAULTS = {
               "schedule": "constant", "poly_exponent": 0.9, "grad_clip": 12.0},
     "train": {
         "epochs": 2000,
+        # batches per epoch, the same for every sampler (nnU-Net's 250 iterations): null = one pass
+        # over the training cases (RESM's min target then trains fewer steps than the baseline)
+        "steps_per_epoch": None,
         "batch_size": 4,
         "patch_size": [80, 160, 160],   # (z, y, x)
         "seed": 0,
@@ -155,7 +158,8 @@ RANGES = {
     "data.test": (0, None, False), "data.val": (0, None, False),
     "optim.lr": (0, None, True), "optim.momentum": (0, 1, False), "optim.weight_decay": (0, None, False),
     "optim.poly_exponent": (0, None, True), "optim.grad_clip": (0, None, True),
-    "train.epochs": (1, None, False), "train.batch_size": (1, None, False), "train.seed": (0, None, False),
+    "train.epochs": (1, None, False), "train.steps_per_epoch": (1, None, False),
+    "train.batch_size": (1, None, False), "train.seed": (0, None, False),
     "train.workers": (0, 256, False), "train.checkpoint_every": (1, None, False), "train.log_every": (1, None, False),
     "train.max_nonfinite_steps": (1, None, False), "train.image_slices": (0, None, False),
     "eval.every": (1, None, False), "eval.overlap": (0, 0.95, False), "eval.tile_batch": (1, None, False),
@@ -181,6 +185,9 @@ def _check_ranges(cfg: dict) -> None:
                 or value < low or (low_excluded and value == low) or (high is not None and value > high):
             bound = f"{'above' if low_excluded else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
             raise ConfigError(f"config key {path!r} must be a number {bound}, got {short(value)}")
+    steps = cfg["train"]["steps_per_epoch"]
+    if steps is not None and not isinstance(steps, int):
+        raise ConfigError(f"config key 'train.steps_per_epoch' is a whole number of batches or null, got {short(steps)}")
     patch = cfg["train"]["patch_size"]
     if len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= MIN_PATCH for p in patch):
         raise ConfigError(f"config key 'train.patch_size' is three whole numbers >= {MIN_PATCH} (z, y, x), "

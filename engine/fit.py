@@ -107,7 +107,8 @@ class Trainer:
                                     pos_ratio=self.cfg["sampler"]["pos_ratio"],
                                     neg_ratio=self.cfg["sampler"]["neg_ratio"],
                                     groups=[index.position(c) if index.known(c) else -1 for c in d.train_ids])
-        common = dict(batch_size=tc["batch_size"], seed=tc["seed"], rank=env.rank, world_size=env.world)
+        common = dict(batch_size=tc["batch_size"], seed=tc["seed"], rank=env.rank, world_size=env.world,
+                      steps_per_epoch=tc["steps_per_epoch"])
         samplers = [s for s in (m.sampler(case_ids=d.train_ids, **common) for m in self.methods) if s is not None]
         self.sampler = samplers[0] if samplers else uniform_sampler(n_cases=len(d.train_ids), **common)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=tc["workers"],

@@ -6,7 +6,12 @@ exactly, and DataLoader workers never duplicate each other (the seeds differ per
 worker). Under DDP every rank takes every world_size-th batch of the same epoch plan, padded so
 all ranks run the same number of steps.
 
-An epoch is one pass over the training cases in batches (SPEC §1): ceil(n / batch) batches.
+An epoch is one pass over the training cases in batches (SPEC §1): ceil(n / batch) batches; or,
+with steps_per_epoch (train.steps_per_epoch, nnU-Net's fixed-iteration epoch), exactly that many
+batches for every sampler: the epoch's plan draws further passes, each like a fresh epoch's (a new
+permutation, a new RESM draw, new stratified streams), until it holds steps_per_epoch batches, and
+is cut there. Under DDP the steps are the total over the ranks (each rank runs
+ceil(steps / world_size), padded as above), so two processes train as many batches as one.
 
     uniform     a seeded permutation of the cases each epoch (the baseline)
     resm        RESM: each group resampled to the same number of cases (target min / max / mean)
@@ -33,12 +38,17 @@ from mitigations.base import Mitigation
 class EpochBatchSampler:
     """Base: subclasses give `epoch_order(rng)`, the case indices of one epoch in batch order."""
 
-    def __init__(self, *, n_cases: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, *, n_cases: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 steps_per_epoch: int | None = None):
         if n_cases < 1:
             raise ValueError("the sampler has no cases")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a whole number >= 1 or None, got {steps_per_epoch!r}")
         self.n_cases, self.batch_size, self.seed = n_cases, batch_size, seed
+        self.steps_per_epoch = steps_per_epoch
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -52,6 +62,11 @@ class EpochBatchSampler:
         """All batches of this epoch (every rank's), as (case index, patch seed) pairs."""
         rng = np.random.default_rng([self.seed, self.epoch])
         order = list(self.epoch_order(rng))
+        if self.steps_per_epoch is not None:
+            need = self.steps_per_epoch * self.batch_size
+            while len(order) < need:              # further passes, each drawn like an epoch's
+                order += list(self.epoch_order(rng))
+            order = order[:need]
         seeds = rng.integers(0, 2 ** 63 - 1, size=len(order))
         items = list(zip(order, (int(s) for s in seeds)))
         batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
@@ -63,7 +78,7 @@ class EpochBatchSampler:
         yield from self.epoch_batches()[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        n_batches = math.ceil(self.epoch_length() / self.batch_size)
+        n_batches = self.steps_per_epoch or math.ceil(self.epoch_length() / self.batch_size)
         return math.ceil(n_batches / self.world_size)
 
     def epoch_length(self) -> int:
@@ -164,9 +179,11 @@ class StratifiedSampler(EpochBatchSampler):
         return order
 
 
-def uniform_sampler(*, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+def uniform_sampler(*, n_cases: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                    steps_per_epoch: int | None = None):
     """The baseline's sampler: a seeded permutation of the training cases each epoch."""
-    return UniformSampler(n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    return UniformSampler(n_cases=n_cases, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                          steps_per_epoch=steps_per_epoch)
 
 
 class _SamplerMitigation(Mitigation):
@@ -183,7 +200,9 @@ class _SamplerMitigation(Mitigation):
 
     def describe(self) -> str:
         counts = self.built.group_counts() if getattr(self, "built", None) else {}
-        return (f"sampler {self.name} by {self.index.attribute}: cases per group per epoch "
+        steps = getattr(getattr(self, "built", None), "steps_per_epoch", None)
+        per = f"per pass (epochs of {steps} batches: train.steps_per_epoch)" if steps else "per epoch"
+        return (f"sampler {self.name} by {self.index.attribute}: cases per group {per} "
                 + ", ".join(f"{g} {n}" for g, n in counts.items()))
 
 

@@ -176,3 +176,58 @@ def test_stratified_under_ddp_each_rank_stratified():
         for batch in sampler:
             assert sorted(SEX[i] for i, _ in batch) == ["female", "male"]
     assert len(list(ranks[0])) == len(list(ranks[1]))
+
+
+def _samplers(steps, **common):
+    """Every sampler the study uses, with train.steps_per_epoch = steps (10 cases, 7 men, 3 women)."""
+    base = dict(n_cases=10, batch_size=2, seed=3, steps_per_epoch=steps, **common)
+    return {"uniform": uniform_sampler(**base),
+            **{f"resm {t}{'' if r else ' once'}": ResampledSampler(groups=SEX, target=t, redraw=r, **base)
+               for t in ("min", "max", "mean") for r in (True, False)},
+            "stratified": StratifiedSampler(groups=SEX, **base)}
+
+
+@pytest.mark.parametrize("steps", [1, 7, 16])
+def test_steps_per_epoch_gives_every_sampler_the_same_number_of_batches(steps):
+    for name, sampler in _samplers(steps).items():
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(sampler) == steps, name
+            assert all(len(b) == 2 for b in batches), name
+            if name == "stratified":
+                assert all(sorted(SEX[i] for i, _ in b) == ["female", "male"] for b in batches)
+    # without it: one pass each, RESM's min target the shortest (3 women x 2 groups = 6 cases, 3 batches)
+    passes = {name: len(s) for name, s in _samplers(None).items()}
+    assert passes["uniform"] == passes["stratified"] == 5 and passes["resm min"] == 3 and passes["resm max"] == 7
+
+
+def test_steps_per_epoch_runs_further_passes_like_fresh_epochs():
+    sampler = uniform_sampler(n_cases=10, batch_size=2, seed=0, steps_per_epoch=12)   # 24 cases: 2.4 passes
+    cases = [i for b in sampler for i, _ in b]
+    assert sorted(cases[:10]) == sorted(cases[10:20]) == list(range(10)) and cases[:10] != cases[10:20]
+    resm = ResampledSampler(groups=SEX, target="min", n_cases=10, batch_size=2, seed=0, steps_per_epoch=9)
+    drawn = [SEX[i] for b in resm for i, _ in b]
+    assert drawn[:6].count("female") == 3 and drawn[6:12].count("female") == 3     # each pass balanced
+    with pytest.raises(ValueError, match="steps_per_epoch must be a whole number"):
+        uniform_sampler(n_cases=10, batch_size=2, seed=0, steps_per_epoch=0)
+
+
+@pytest.mark.parametrize("steps", [8, 7])
+def test_steps_per_epoch_is_the_total_over_ddp_ranks(steps):
+    single = {name: [tuple(map(tuple, b)) for b in s] for name, s in _samplers(steps).items()}
+    ranks = [_samplers(steps, rank=r, world_size=2) for r in range(2)]
+    for name in single:
+        parts = [[tuple(map(tuple, b)) for b in r[name]] for r in ranks]
+        assert len(parts[0]) == len(parts[1]) == len(ranks[0][name]) == -(-steps // 2), name
+        together = [b for pair in zip(*parts) for b in pair]
+        # the ranks share one plan: the single process's batches, padded by repeating from the start
+        assert together[:steps] == single[name] and together[steps:] == single[name][:len(together) - steps], name
+
+
+def test_an_epochs_plan_is_the_same_after_a_resume():
+    for name, sampler in _samplers(9).items():
+        sampler.set_epoch(4)
+        again = _samplers(9)[name]
+        again.set_epoch(4)
+        assert list(sampler) == list(again), name

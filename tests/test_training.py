@@ -66,14 +66,33 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cohort):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
 
 
+def test_steps_per_epoch_counts_and_resumes_exactly(cohort):
+    steps = ["train.steps_per_epoch=3"]       # 4 training cases at batch 2 would be 2 steps an epoch
+    assert train.main(tiny_args(cohort, "steps_straight", epochs=2, extra=steps)) == 0
+    assert train.main(tiny_args(cohort, "steps_cut", epochs=1, extra=steps)) == 0
+    assert torch.load(cohort / "runs" / "steps_cut" / "last.pt", weights_only=False)["step"] == 3
+    assert train.main(["--resume", str(cohort / "runs" / "steps_cut"), "--set", "train.epochs=2", "--no-progress"]) == 0
+    a = torch.load(cohort / "runs" / "steps_straight" / "last.pt", weights_only=False)
+    b = torch.load(cohort / "runs" / "steps_cut" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    from config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="train.steps_per_epoch"):
+        load_config(None, ["train.steps_per_epoch=2.5"])
+    with pytest.raises(ConfigError, match="train.steps_per_epoch"):
+        load_config(None, ["train.steps_per_epoch=0"])
+
+
 def test_two_process_ddp_with_gloo(cohort):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(ROOT / "train.py"), *tiny_args(cohort, "ddp", epochs=1)]
+           str(ROOT / "train.py"), *tiny_args(cohort, "ddp", epochs=1, extra=["train.steps_per_epoch=6"])]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stdout
-    assert (cohort / "runs" / "ddp" / "last.pt").is_file()
+    # train.steps_per_epoch is the total over the ranks: each of the 2 ran 3 of the 6 batches
+    assert torch.load(cohort / "runs" / "ddp" / "last.pt", weights_only=False)["step"] == 3
 
 
 def test_fairdro_trains_under_ddp(cohort):
