@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 
 from data.augment import AugmentSettings
-from data.preprocessing import PreprocessSettings
-from data.errors import CaseError
+from data.preprocess_settings import PreprocessSettings
+from data.errors import CaseError, ConfigError  # noqa: F401  (ConfigError: config.ConfigError for callers)
 from data.untrusted import parse_yaml, read_yaml, short
 
 DEFAULTS = {
@@ -147,8 +147,6 @@ MOVED = {
 REMOVED = {"eval.criterion": "it was never read: best.pt is the best validation mean Dice"}
 
 
-class ConfigError(ValueError):
-    pass
 
 
 # numeric keys and the range a run can use: (low, high, low excluded); None: unbounded

@@ -24,6 +24,7 @@ import pandas as pd
 
 from data.errors import CaseError
 from data.groups import FIELDS, GroupError, parse_attribute
+from data.preprocess_settings import PreprocessSettings
 from data.untrusted import case_path, check_case_id, read_json
 
 SETTINGS_FILE = "preprocess.json"
@@ -129,8 +130,6 @@ def load_case_table(cache_dir) -> pd.DataFrame:
 
 def load_cache_settings(cache_dir):
     """The PreprocessSettings a cache was made with."""
-    from data.preprocessing import PreprocessSettings
-
     path = Path(cache_dir) / SETTINGS_FILE
     if not path.is_file():
         raise CaseError(str(cache_dir), f"has no {SETTINGS_FILE}; run `preprocess.py run` first")

@@ -4,7 +4,9 @@ Usage:
     raise CaseError("case_00012", "label value 3 is not in the scheme {0, 1, 2}")
     str(err)  # -> "case_00012: label value 3 is not in the scheme {0, 1, 2}"
 
-A file that cannot be written is a WriteError (a CaseError naming the path).
+A file that cannot be written is a WriteError (a CaseError naming the path). A config that cannot
+be used is a ConfigError (config.py raises it; it lives here so that what config.py imports, the
+mitigations' samplers among them, can raise it too without importing config.py back).
 
 Batch work catches CaseError per case, carries on with the others, and lists the failures at
 the end (see `format_failures`). An entry script's main turns whatever reaches it into one line
@@ -18,6 +20,10 @@ import traceback
 # what bad input raises and whose message says it all; anything else is named by its type
 EXPECTED = (ValueError, KeyError, FileNotFoundError, FileExistsError)
 MESSAGE_LIMIT = 400   # characters of one error line
+
+
+class ConfigError(ValueError):
+    """A config key, value or file that cannot be used; the message names the key."""
 
 
 class CaseError(Exception):

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from config import ConfigError
+from data.errors import ConfigError
 from mitigations.base import Mitigation
 
 

@@ -75,3 +75,44 @@ def test_fairness_matrix_names_a_run_stopped_before_its_first_checkpoint(monkeyp
     with pytest.raises(SystemExit, match=r"seed1 exists without last.pt .*remove it"):
         matrix.train_run("baseline", 1, argparse.Namespace(out=tmp_path, epochs=80))
     assert (run / "config.yaml").is_file()      # nothing removed on the user's behalf
+
+
+LIBRARY = ("config", "data", "engine", "fairness", "mitigations", "models")
+
+
+def import_graph() -> dict:
+    """{module: modules of the library it imports anywhere in its file, lazily too}."""
+    modules = {}
+    for path in [ROOT / "config.py", *[p for pkg in LIBRARY[1:] for p in (ROOT / pkg).glob("*.py")]]:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets |= {t for t in [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if t in modules}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in modules}
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_the_library_has_no_import_circles():
+    graph = import_graph()
+    assert "data.preprocess_settings" in graph["data.cache"] and "config" not in graph["mitigations.samplers"]
+    state, circles = {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not circles, " ; ".join(" -> ".join(c) for c in circles)
