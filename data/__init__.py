@@ -2,7 +2,9 @@
 
 Modules (each one job):
     nifti          read/write NIfTI volumes in KiTS19's (z, y, x) convention
-    errors         CaseError: the one-line, per-case error every reader raises
+    errors         CaseError: the one-line, per-case error every reader raises; ConfigError
+    untrusted      the one home of inputs someone else wrote: ids, paths, JSON/YAML, voxel limits
+    arguments      argparse types for numbers, grids and amounts
     labels         label schemes (KiTS19 {0,1,2}; mapping KiTS21/23's cyst label)
     kits           scan a KiTS-layout folder, read metadata and cases
     atomic         the one way a result file is written (temporary name, rename)
@@ -12,6 +14,7 @@ Modules (each one job):
     group_index    a run's group index: attribute, ordered groups, case -> position (in checkpoints)
     splits         seeded, optionally stratified train/val/test splits (splits.json)
     resample       the one resampler (nnU-Net's anisotropic rule)
+    preprocess_settings  PreprocessSettings: every value of the preprocessing, checked
     preprocessing  the study's preprocessing order, writing the on-disk cache
     cache          reading the cache: cases, case table, settings, group columns
     verify         checking a cache file by file (`preprocess.py verify`), repairing damaged cases
@@ -24,5 +27,6 @@ Modules (each one job):
     writeback      predictions back in the original geometry
     nnunet         nnU-Net v2's formats: the raw dataset export, splits_final.json, summary.json
 
-Samplers (uniform, RESM, stratified) are in mitigations/samplers.py.
+Not here: samplers (uniform, RESM, stratified: mitigations/samplers.py), networks (models/),
+and anything that measures a model (fairness/).
 """

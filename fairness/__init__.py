@@ -19,7 +19,11 @@ Modules (each one job):
     paired     method against baseline on the same cases: paired Δ, the method-label swap test
     calibration  simulated cohorts with a known truth, to measure the statistics (docs/statistics.md)
     report     the printed / Markdown / LaTeX tables with CIs, seed and method comparisons, Pareto
-    figures    box plots per group, the Dice-fairness trade-off
+    figures    box plots per group, the Dice-fairness trade-off, a case's slice with its contours
+    html_report  report.html: an audit folder as one self-contained page
+    features   what is known of each case (metadata, geometry, CT, the model's embedding)
+    discovery  failing subgroups nobody named, searched on half the cases and confirmed on the other
+    surface    surface metrics (NSD, HD95, ASSD); metrics: which per-case metric a table holds
 
 Usage:
     from fairness import kits_case_dice, group_table, fairness_summary, worst_group_cvar

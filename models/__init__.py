@@ -9,6 +9,12 @@ The network description a run builds (stored in its checkpoint as `model_config`
 `moe`: the dMoE layers that the dmoe mitigation adds (mitigations/dmoe.py), with its group list.
 Swapping the architecture is itself one of the study's mitigations (mitigations/__init__.py).
 
+Modules: blocks, encoder, decoder (derived from the encoder), networks (the four builders),
+planning (nnU-Net's stage rule), losses, inference (the sliding window), embedding (the pooled
+bottleneck, for failure discovery), checkpoint (self-describing checkpoints, read as data),
+densenet (the fair meta-learning classifier). Not here: the mitigations that change a network
+(mitigations/dmoe.py) or its loss (mitigations/dro.py).
+
 Usage:
     net = build_model({"name": "nnunet"}, patch_size=(80, 160, 160), in_channels=1, num_classes=3)
 """
