@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.errors import CaseError
 from data.nnunet import FILE_COLUMNS
 from fairness.metrics import METRICS
 
@@ -311,7 +312,7 @@ def gallery_section(files: dict, per_case: pd.DataFrame, attributes, context: Re
         return section("gallery", "The cases behind the numbers",
                        absent("no gallery: this audit scored no label-map files (a summary's scores, or tables "
                               "in the preprocessed geometry), so there is no prediction to draw"))
-    cards, missing = [], []
+    cards, missing, unreadable = [], [], []
     rows = per_case.set_index("case_id")
     for case_id, why in gallery_cases(per_case, attributes, context.gallery):
         reference, prediction = files.get(case_id, (None, None))
@@ -319,9 +320,13 @@ def gallery_section(files: dict, per_case: pd.DataFrame, attributes, context: Re
         if ct is None or prediction is None or not Path(prediction).is_file():
             missing.append(case_id)
             continue
-        ref = read_volume(reference, where=case_id)
-        pred = read_volume(prediction, where=case_id, shape=ref.array.shape)
-        image = read_volume(ct, where=case_id, shape=ref.array.shape)
+        try:   # a picture that cannot be drawn costs the page that picture, not the audit
+            ref = read_volume(reference, where=case_id)
+            pred = read_volume(prediction, where=case_id, shape=ref.array.shape)
+            image = read_volume(ct, where=case_id, shape=ref.array.shape)
+        except CaseError as exc:
+            unreadable.append(str(exc))
+            continue
         row = rows.loc[case_id]
         dice = " ".join(f"{p} {number(row[p], 100)}" for p in ("kidney", "tumor", "mean") if p in row)
         fig, z = case_slice(np.asarray(image.array, np.float32), np.asarray(ref.array).astype(np.uint8),
@@ -338,7 +343,9 @@ def gallery_section(files: dict, per_case: pd.DataFrame, attributes, context: Re
     if missing:
         body += absent(f"{len(missing)} case(s) not drawn: no CT beside their reference (imaging.nii.gz) or no "
                        f"prediction file: {', '.join(missing[:10])}")
-    if not cards:
+    if unreadable:
+        body += absent(f"{len(unreadable)} case(s) not drawn, their files unreadable: " + "; ".join(unreadable[:5]))
+    if not cards and not unreadable:
         body = absent("no gallery: the reference folder holds no CT (imaging.nii.gz beside segmentation.nii.gz), "
                       "so the cases cannot be drawn")
     return section("gallery", "The cases behind the numbers", body)

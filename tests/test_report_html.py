@@ -176,3 +176,18 @@ def test_a_real_browser_renders_the_page_and_sorts_its_table(audited, tmp_path):
     col = table[0][1].index("mean")
     means = [float(cells[col]) for _, cells in table[1:]]
     assert means == sorted(means) and len(means) == 40
+
+
+def test_an_unreadable_picture_costs_the_page_that_picture_not_the_audit(audited, tmp_path):
+    from fairness.html_report import ReportContext, build_html
+    folder = audited / "a"
+    per_case = pd.read_csv(folder / "per_case.csv")
+    worst = per_case.sort_values(["mean", "case_id"])["case_id"].iloc[0]
+    raw = tmp_path / "raw"
+    shutil.copytree(audited / "raw", raw)
+    (raw / worst / "imaging.nii.gz").write_bytes(b"not a NIfTI")
+    per_case["reference_file"] = [str(raw / c / "segmentation.nii.gz") for c in per_case["case_id"]]
+    per_case["prediction_file"] = [str(audited / "preds" / f"{c}.nii.gz") for c in per_case["case_id"]]
+    page = build_html(folder, ReportContext(title="t"), per_case)
+    gallery = page[page.index("id='gallery'"):page.index("id='slices'")]
+    assert f"{worst}:" in gallery and "their files unreadable" in gallery and gallery.count("<figure") >= 3
