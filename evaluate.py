@@ -465,9 +465,9 @@ def original_records(raw, metadata, case_ids) -> dict:
 
 def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     """Predict, write back, score one checkpoint; returns (per_case, attributes, failures, metrics,
-    metadata, embeddings): metadata {case_id: entry} from the raw folder's kits.json, else the case
-    table's; embeddings (with --discover and the embedding family) the pooled bottleneck vectors,
-    one row per case (else None)."""
+    metadata, embeddings, config): metadata {case_id: entry} from the raw folder's kits.json, else the
+    case table's; embeddings (with --discover and the embedding family) the pooled bottleneck vectors,
+    one row per case (else None); config the checkpoint's resolved config (the report's digest)."""
     from data.cache import groups_from_table, table_metadata, with_covariates
     from data.group_index import GroupIndex
     from data.groups import parse_attribute
@@ -513,13 +513,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
               "evaluation)")
     metadata = {cid: r.meta for cid, r in records.items()} or table_metadata(table)
     embeddings = pd.DataFrame.from_dict(vectors, orient="index").add_prefix("e") if vectors else None
-    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata, embeddings
-
-
-def settings_of(ckpt_path: Path) -> dict:
-    """The resolved config a checkpoint saved (its digest is the report's config digest)."""
-    from models.checkpoint import load_checkpoint
-    return load_checkpoint(ckpt_path).get("config", {})
+    return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata, embeddings, cfg
 
 
 def checkpoint_metrics(args, cfg: dict) -> list[str]:
@@ -542,7 +536,8 @@ def cmd_ckpt(args) -> int:
                      f"while evaluating {path}; the predictions written to {out_dir / 'predictions'} are kept: "
                      "the same command continues from them")
         with results_folder(out_dir, overwrite=args.overwrite, marker=FINISHED):
-            per_case, attributes, failures, metrics, metadata, embeddings = evaluate_checkpoint(path, args, out_dir)
+            per_case, attributes, failures, metrics, metadata, embeddings, config = evaluate_checkpoint(path, args,
+                                                                                                        out_dir)
             if per_case.empty:
                 print(format_failures(failures), file=sys.stderr)
                 raise CaseError(str(path), "no case could be scored")
@@ -553,9 +548,7 @@ def cmd_ckpt(args) -> int:
             writer.close()
             if args.discover:
                 discover_failures(per_case, metadata, out_dir, args, metrics=metrics, embeddings=embeddings)
-                if embeddings is not None:
-                    write_csv(embeddings.rename_axis("case_id"), out_dir / "embeddings.csv")
-            write_page(out_dir, per_case, args, title=title, settings=settings_of(path),
+            write_page(out_dir, per_case, args, title=title, settings=config,
                        audited=[("model", str(path)), ("cases", str(args.data or "the run's test split"))])
             save_per_case(per_case, out_dir)
         print(f"\n{path}: scored {len(per_case)} case(s), {len(failures)} failed; results in {out_dir}")

@@ -135,8 +135,6 @@ def discover_test_failures(cfg: dict, table, per_case, eval_dir: Path, *, log=pr
     eval_dir.mkdir(exist_ok=True)
     families = feature_families(cfg["eval"]["discover_features"])
     embeddings = embed() if embed is not None and "embedding" in families else None
-    if embeddings is not None:
-        write_csv(embeddings.rename_axis("case_id"), eval_dir / "embeddings.csv")
     run_discovery(per_case, metadata, families=families, seed=cfg["train"]["seed"], out_dir=eval_dir,
                   region=cfg["eval"]["discover_region"], embeddings=embeddings, log=log)
 

@@ -286,13 +286,16 @@ def discovery_line(result: Discovery, metric=None) -> str:
     return "\n".join(lines)
 
 
-def save_discovery(result: Discovery, out_dir) -> None:
-    """slices.csv (every rule taken to confirmation, ranked) and slice_members.csv (rank, case_id)."""
+def save_discovery(result: Discovery, out_dir, embeddings: pd.DataFrame | None = None) -> None:
+    """slices.csv (every rule taken to confirmation, ranked), slice_members.csv (rank, case_id) and,
+    where the model's vectors were searched, embeddings.csv (case_id, e0, e1, ...)."""
     from pathlib import Path
 
     from data.atomic import write_csv
 
     out_dir = Path(out_dir)
+    if embeddings is not None:
+        write_csv(embeddings.rename_axis("case_id"), out_dir / "embeddings.csv")
     write_csv(result.slices, out_dir / "slices.csv", index=False)
     write_csv(result.members, out_dir / "slice_members.csv", index=False)
 
@@ -326,9 +329,10 @@ def run_discovery(per_case: pd.DataFrame, metadata: dict | None, *, families=Non
     metric = metric or get_metric("dice")
     if region not in REGIONS:
         raise ValueError(f"discovery region {region!r}; valid: {', '.join(REGIONS)}")
-    features = case_features(per_case, metadata, families=families or feature_families(None), embeddings=embeddings)
+    families = families or feature_families(None)
+    features = case_features(per_case, metadata, families=families, embeddings=embeddings)
     result = discover(per_case, features, metric=metric, column=metric.columns()[REGIONS.index(region)], seed=seed)
     log("\n" + ("" if region == "mean" else f"({region} {metric.label}) ") + discovery_line(result, metric))
     if out_dir is not None:
-        save_discovery(result, out_dir)
+        save_discovery(result, out_dir, embeddings if "embedding" in families else None)
     return result
