@@ -1,8 +1,9 @@
-"""README's evidence tables ("What the tool finds on its benchmark"), read from the folders that
-bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
+"""README's evidence tables ("What the tool finds on its benchmark"), computed from the per-case tables
+that bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
 
-    python bench/evidence_report.py                        # bench/out/matrix_sex, matrix_age, matrix_hidden,
-                                                           # matrix_hidden_casemix, real_anatomy
+    python bench/evidence_report.py                        # docs/evidence/matrix_sex, matrix_age, matrix_hidden,
+                                                           # matrix_hidden_casemix (the kept tables: --keep),
+                                                           # bench/out/real_anatomy (never kept: real label maps)
     python bench/evidence_report.py --out bench/out/evidence.md
     python bench/evidence_report.py --sex DIR --age '' --hidden '' --hidden-casemix '' --real ''   # '' skips a part
 
@@ -12,8 +13,8 @@ Per method, over the seeds found (each table says how many):
   - the gap of the class the planted bias acts on, with one gap-test p per method (Welch; fairness/significance.py): the test is
     run on the per-case Dice averaged over the seeds (the test split is the same for every seed), so
     training noise is averaged out before the groups are compared (fairness/significance.py);
-  - the paired Δ against the baseline over the same test cases, with its bootstrap CI and Holm's
-    correction over the methods (fairness_matrix.py's paired_<class>.csv and compare/compare.csv);
+  - the paired Δ against the baseline over the same test cases, with its bootstrap CI, swap p and
+    Holm's correction over the methods, computed here from the per-case tables (fairness/paired.py);
   - the twin effect: Dice of the affected test cases' unbiased twins minus their own, averaged
     over the cases and seeds (what the planted mechanism still costs that model at test time).
 For a hidden subgroup (matrix_hidden_casemix): FairDRO's own claims, each a paired Δ against the
@@ -39,6 +40,7 @@ from fairness.summary import fairness_summary  # noqa: E402
 from fairness.significance import significance  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
+KEPT = ROOT / "docs" / "evidence"
 ORDER = {"sex": ["male", "female"], "age": None}
 CONFIG_NAMES = {"baseline": "nnU-Net baseline", "resm": "RESM", "stratified": "stratified batches",
                 "fairmeta": "fair meta-learning", "fairdro": "FairDRO", "dmoe_only": "FairDRO: dMoE only",
@@ -110,12 +112,23 @@ def pooled_test(folder: Path, method: str, seeds, attribute: str) -> dict:
     return out
 
 
-def paired(folder: Path, part: str) -> pd.DataFrame:
-    """Paired Δ against the baseline: compare/compare.csv for the mean Dice, paired_<part>.csv otherwise."""
-    path = folder / "compare" / "compare.csv" if part == "mean" else folder / f"paired_{part}.csv"
-    if not path.is_file():
+def run_frames(folder: Path, runs: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
+    """Each method's per-case tables, one per seed, in the seeds' order."""
+    return {method: [pd.read_csv(folder / "runs" / method / f"seed{s}" / "eval" / "per_case.csv")
+                     for s in sorted(r["seed"])] for method, r in runs.groupby("method", sort=False)}
+
+
+def paired(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
+    """Paired Δ of `part`'s Dice against the baseline over the same test cases, Holm over the methods
+    (fairness_matrix.paired_by_class, what the matrix prints)."""
+    from fairness_matrix import paired_by_class
+
+    frames = run_frames(folder, runs)
+    if "baseline" not in frames or len(frames) < 2:
         return pd.DataFrame()
-    return pd.read_csv(path, index_col=0)
+    deltas = paired_by_class(frames, attribute, part)
+    deltas["seeds"] = [len(frames[m]) for m in deltas.index]
+    return deltas
 
 
 def delta_cell(deltas: pd.DataFrame, method: str, stat: str = "sd", digits: int = 2) -> str:
@@ -145,7 +158,7 @@ def study_form(runs: pd.DataFrame, groups: list) -> pd.DataFrame:
 def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
     """The claim on the planted class `part`: its gap (seed-pooled gap-test p), the paired Δ of its
     SD and of the mean Dice's SD against the baseline (Holm), and the twin effect on it."""
-    deltas, deltas_mean = paired(folder, part), paired(folder, "mean")
+    deltas, deltas_mean = paired(folder, runs, attribute, part), paired(folder, runs, attribute, "mean")
     rows = {}
     for method, r in runs.groupby("method", sort=False):
         test = pooled_test(folder, method, r["seed"].tolist(), attribute)
@@ -165,7 +178,7 @@ def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.
 
 def hidden_table(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """FairDRO's own claim on the `hidden` preset: worst group, within-group CVaR, the hidden members."""
-    deltas = paired(folder, "mean")
+    deltas = paired(folder, runs, "sex", "mean")
     rows = {}
     for method, r in runs.groupby("method", sort=False):
         rows[name(method)] = {"seeds": len(r), "mean": pm(r["mean"]), "worst group": pm(r["worst"]),
@@ -179,11 +192,13 @@ def hidden_table(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def hidden_members(folder: Path) -> set:
-    """The hidden subgroup's members of a matrix cohort (kits.json synthetic_bias.hidden.member)."""
-    from data.kits import load_metadata
+    """The hidden subgroup's members of a matrix cohort: the kept cases.csv, or the cohort's kits.json."""
+    if (folder / "cases.csv").is_file():
+        cases = pd.read_csv(folder / "cases.csv")
+        return set(cases.loc[cases["hidden_member"].astype(bool), "case_id"])
+    from fairness_matrix import hidden_members as from_cohort
 
-    metadata = load_metadata(folder / "raw" / "kits.json")
-    return {cid for cid, e in metadata.items() if ((e.get("synthetic_bias") or {}).get("hidden") or {}).get("member")}
+    return from_cohort(folder / "raw")
 
 
 def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", attribute: str = "sex") -> pd.DataFrame:
@@ -264,14 +279,10 @@ def real_table(folder: Path) -> pd.DataFrame:
     return out
 
 
-def paired_seeds(folder: Path) -> str:
-    """Which seeds the paired Δ columns cover: they are written when a matrix command finishes."""
-    compare = paired(folder, "mean")
-    if compare.empty or "seeds" not in compare:
-        return "paired Δ: none yet (written when a matrix command finishes)"
-    counts = sorted(set(compare["seeds"].astype(int)))
-    return (f"paired Δ over {' or '.join(map(str, counts))} seed(s) per method: the last finished matrix "
-            f"command's (the table above may hold more)")
+def paired_seeds(runs: pd.DataFrame) -> str:
+    """Which seeds the paired Δ columns cover: every seed each method has."""
+    counts = sorted(set(runs.groupby("method")["seed"].size()))
+    return f"paired Δ over {' or '.join(map(str, counts))} seed(s) per method, the mean over seeds on each side"
 
 
 def class_tradeoff(folder: Path, runs: pd.DataFrame, attribute: str, part: str, path: Path) -> None:
@@ -303,7 +314,7 @@ def sections(args) -> list[str]:
         runs = read_runs(args.sex)
         out += [f"### Sex: `poor_protocol_female` ({seeds_line(runs)})",
                 to_markdown(study_form(runs, ["male", "female"])),
-                to_markdown(evidence(args.sex, runs, "sex", "kidney")), paired_seeds(args.sex) + "\n"]
+                to_markdown(evidence(args.sex, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
         if args.figure:
             class_tradeoff(args.sex, runs, "sex", "kidney", args.figure)
     if args.age:
@@ -311,11 +322,11 @@ def sections(args) -> list[str]:
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
         out += [f"### Age: `small_tumors_young` ({seeds_line(runs)})",
                 to_markdown(study_form(runs, groups)), to_markdown(evidence(args.age, runs, "age", "tumor")),
-                paired_seeds(args.age) + "\n"]
+                paired_seeds(runs) + "\n"]
     if args.hidden:
         runs = read_runs(args.hidden)
         out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs)),
-                paired_seeds(args.hidden) + "\n"]
+                paired_seeds(runs) + "\n"]
     if args.hidden_casemix:
         runs = read_runs(args.hidden_casemix)
         out += [f"### Hidden case mix: `hidden_small_tumors_female` ({seeds_line(runs)})",
@@ -330,16 +341,23 @@ def sections(args) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     folder = lambda s: Path(s) if s else None  # noqa: E731  ('' skips a part)
-    p.add_argument("--sex", type=folder, default=OUT / "matrix_sex")
-    p.add_argument("--age", type=folder, default=OUT / "matrix_age")
-    p.add_argument("--hidden", type=folder, default=OUT / "matrix_hidden")
-    p.add_argument("--hidden-casemix", type=folder, default=OUT / "matrix_hidden_casemix",
+    kept = lambda name: KEPT / name if (KEPT / name).is_dir() else OUT / name  # noqa: E731
+    p.add_argument("--sex", type=folder, default=kept("matrix_sex"))
+    p.add_argument("--age", type=folder, default=kept("matrix_age"))
+    p.add_argument("--hidden", type=folder, default=kept("matrix_hidden"))
+    p.add_argument("--hidden-casemix", type=folder, default=kept("matrix_hidden_casemix"),
                    help="the hidden case-mix matrix (configs/bias/hidden_small_tumors_female.yaml), with FairDRO's "
                         "claims tested")
     p.add_argument("--real", type=folder, default=OUT / "real_anatomy")
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     p.add_argument("--figure", type=Path, help="write the sex matrix's trade-off figure on the kidney Dice here (PNG)")
     args = p.parse_args(argv)
+    for part in ("sex", "age", "hidden", "hidden_casemix", "real"):   # a default folder not there: skipped
+        folder = getattr(args, part)
+        if folder is not None and folder == p.get_default(part) and not (folder / "runs.csv").is_file():
+            print(f"note: no {part.replace('_', '-')} tables at {folder.relative_to(ROOT)}; skipped (see README's "
+                  "commands)", file=sys.stderr)
+            setattr(args, part, None)
     text = "\n".join(sections(args))
     print(text)
     if args.out:

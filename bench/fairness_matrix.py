@@ -36,11 +36,18 @@ baseline's: a mitigation that kills the segmenter is "fair" and useless), then
 CIs and Holm p-values, the trade-off figure, in OUT/compare), and the same paired Δ on kidney and
 tumor Dice alone (a planted bias may act on one class). Writes runs.csv, summary.csv/md,
 paired_kidney.csv/md, paired_tumor.csv/md and compare/ under --out.
+
+With --keep DIR (procedural cohorts only), the evidence behind the tables is also copied to DIR, in
+--out's own layout so that bench/evidence_report.py reads either: runs.csv (runs_<attr>.csv), each
+run's per-case table (runs/METHOD/seedK/eval/per_case.csv) and its twins' (eval/twin_*/per_case.csv),
+and cases.csv (which cases the bias acts on, and the hidden members). A few KB a run: README's
+evidence tables are regenerated from docs/evidence/ without training.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -243,6 +250,35 @@ def affected_cases(raw: Path) -> set[str]:
             if any(k not in ("share", "hidden") for k in (c.get("synthetic_bias") or {}))}
 
 
+def hidden_members(raw: Path) -> set[str]:
+    """The hidden subgroup's members (kits.json synthetic_bias.hidden.member): FairDRO's own claim."""
+    cases = json.loads((raw / "kits.json").read_text())
+    return {c["case_id"] for c in cases if ((c.get("synthetic_bias") or {}).get("hidden") or {}).get("member")}
+
+
+def keep_evidence(args, rows: list[dict]) -> None:
+    """Copy what README's evidence tables are computed from into --keep (see the module docstring)."""
+    from data.atomic import atomic_write, write_csv
+
+    keep = args.keep.resolve()
+    keep.mkdir(parents=True, exist_ok=True)
+    for table in ["runs.csv", *[f"runs_{a}.csv" for a in args.also]]:
+        atomic_write(keep / table, lambda tmp, t=table: shutil.copyfile(args.out / t, tmp))
+    for row in rows:
+        run = args.out / "runs" / row["method"] / f"seed{row['seed']}"
+        for table in [run / "eval" / "per_case.csv", *sorted(run.glob("eval/twin_*/per_case.csv"))]:
+            target = keep / table.relative_to(args.out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda tmp, t=table: shutil.copyfile(t, tmp))
+    if args.bias is not None:
+        raw = args.out / "raw"
+        affected, members = affected_cases(raw), hidden_members(raw)
+        ids = sorted(affected | members)
+        write_csv(pd.DataFrame({"case_id": ids, "affected": [c in affected for c in ids],
+                                "hidden_member": [c in members for c in ids]}), keep / "cases.csv", index=False)
+    print(f"evidence tables kept -> {keep}")
+
+
 def null_cohort(args) -> Path:
     """The cohort synthesised without its bias: each affected case's twin (same plan, same draws)."""
     raw = args.out / "raw_null"
@@ -298,7 +334,12 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--no-twins", dest="twins", action="store_false",
                    help="with --bias: skip scoring each run on the affected test cases' unbiased twins")
+    p.add_argument("--keep", type=Path, help="also copy the per-case tables behind the evidence tables here "
+                   "(e.g. docs/evidence/matrix_sex; procedural cohorts only)")
     args = p.parse_args(argv)
+    if args.keep is not None and args.raw is not None:
+        p.error("--keep holds procedural cohorts only: a --raw cohort may be derived from data that must not be "
+                "committed (the real KiTS19 label maps)")
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.bias is not None:
@@ -356,6 +397,8 @@ def main(argv=None) -> int:
         write_table(summarise(extra), args.out / f"summary_{attribute}",
                     header.rsplit("gap = ", 1)[0] + f"gap = {gap} (audited by {attribute})")
         print(f"\nby {attribute}:\n{summarise(extra).to_string()}")
+    if args.keep is not None:
+        keep_evidence(args, rows)
     print(f"\ntables -> {args.out / 'summary.md'}, {args.out / 'runs.csv'}, {args.out / 'compare'}")
     return 0
 
