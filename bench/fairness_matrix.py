@@ -134,9 +134,9 @@ def train_run(method: str, seed: int, args) -> Path:
                  "and re-issue the command")
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
-        for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute)
-                  + BATCH_OVERRIDES.get((method, args.attribute), [])
-                  + [f"train.epochs={epochs}", f"eval.every={epochs}"]):
+        batch = BATCH_OVERRIDES.get((method, args.attribute), [])
+        for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute) + batch
+                  + [f"train.epochs={epochs}", f"eval.every={epochs}", steps_override(args, batch)]):
             cmd += ["--set", s]
         what = "training"
     print(f"== {method} seed {seed}: {what} {epochs} epochs (log {log})", flush=True)
@@ -159,6 +159,21 @@ def common_overrides(args, seed: int) -> list[str]:
             f"train.seed={seed}", f"eval.every={args.epochs}", "train.log_every=1000",
             f"data.synthesize_bias={args.bias if args.bias is not None else 'null'}"]  # not the recipe's own
     return sets
+
+
+def steps_override(args, batch_override: list[str]) -> str:
+    """train.steps_per_epoch for one run: `equal` gives every method ceil(training cases / its batch)
+    steps an epoch, whatever its sampler draws (RESM's min target would train fewer: 1040 of 1280 for
+    sex, 640 for age); `pass` leaves an epoch one pass over what the sampler draws (how the evidence
+    tables of before 2026-12-02 were trained)."""
+    if args.steps_per_epoch == "pass":
+        return "train.steps_per_epoch=null"
+    from data.splits import make_split
+
+    recipe = load_config(ROOT / args.config, batch_override)
+    total = len(json.loads((args.raw / "kits.json").read_text())) if args.raw is not None else args.cases
+    train = len(make_split([f"c{i}" for i in range(total)], test=args.test, val=recipe["data"]["val"])["train"])
+    return f"train.steps_per_epoch={-(-train // recipe['train']['batch_size'])}"
 
 
 def run_row(method: str, seed: int, run: Path, attribute: str) -> dict:
@@ -330,6 +345,10 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=72, help="procedural cohort size (72)")
     p.add_argument("--test", type=int, default=40, help="test cases, stratified by the attribute (40)")
     p.add_argument("--epochs", type=int, default=80, help="epochs of ceil(train cases / batch) steps (80)")
+    p.add_argument("--steps-per-epoch", choices=["equal", "pass"], default="equal",
+                   help="equal (default): every method trains ceil(train cases / batch) steps an epoch, so the "
+                        "same steps; pass: an epoch is one pass over what the sampler draws (RESM's min target "
+                        "then trains fewer steps; the evidence tables measured before 2026-12-02)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--no-twins", dest="twins", action="store_false",

@@ -378,7 +378,7 @@ def test_a_group_with_no_case_in_the_test_split_is_shown_and_said(corpus, capsys
 def train_args(corpus, tmp_path, name, *sets):
     """A tiny run on the corpus cache (data.raw unset: the cache is read as it is)."""
     base = [f"data.cache={corpus / 'cache'}", f"train.out_dir={tmp_path / 'runs'}", "train.patch_size=[16,32,32]",
-            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2",
+            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2", "train.steps_per_epoch=null",
             "train.workers=0", "eval.every=100", "train.image_slices=0", *sets]
     args = ["--config", str(ROOT / "configs" / "baseline_nnunet.yaml"), "--name", name, "--no-progress"]
     for s in base:

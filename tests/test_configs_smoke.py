@@ -31,7 +31,7 @@ def test_config_trains_one_epoch_on_tiny_data(path, cohort, capsys):
     cfg = load_config(path)  # the file alone must be valid
     sets = [f"data.raw={cohort / 'raw'}", f"data.cache={cohort / 'cache'}", f"train.out_dir={cohort / 'runs'}",
             "data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
-            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=4",
+            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=4", "train.steps_per_epoch=null",
             "train.workers=0", "eval.every=100", "fairness.fairmeta.classifier.growth_rate=4",
             "data.preprocess.target_spacing=[3.22,1.62,1.62]"]
     args = ["--config", str(path), "--name", path.stem, "--no-progress"]
@@ -64,7 +64,7 @@ def test_the_fairdro_configs_and_ablations_exist():
 def test_fairdro_works_with_every_sampler(sampler, cohort, capsys):
     sets = [f"data.raw={cohort / 'raw'}", f"data.cache={cohort / 'cache'}", f"train.out_dir={cohort / 'runs'}",
             "data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
-            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2",
+            "model.base_features=4", "model.max_features=16", "train.epochs=1", "train.batch_size=2", "train.steps_per_epoch=null",
             "train.workers=0", "eval.every=100", f"fairness.method=[{sampler}, dmoe, dro]",
             "fairness.dro.warmup=0.0",   # the shipped warm-up would keep DRO off for a 1-epoch run
             "data.preprocess.target_spacing=[3.22,1.62,1.62]"]

@@ -37,7 +37,7 @@ from tests.kits_fixtures import make_case_arrays, write_tiny_cohort
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, SPACING = (12, 20, 24), (4.0, 0.9, 0.9)
 FAST = ["--no-progress", "--n-boot", "20", "--n-perm", "100"]
-TINY_MODEL = ["train.patch_size=[16,32,32]", "model.base_features=4", "model.max_features=16"]
+TINY_MODEL = ["train.patch_size=[16,32,32]", "model.base_features=4", "model.max_features=16", "train.steps_per_epoch=null"]
 
 
 def one_line_error(text: str) -> str:

@@ -30,7 +30,7 @@ def cohort(tmp_path_factory):
 def tiny_sets(root: Path) -> list[str]:
     sets = [f"data.raw={root / 'raw'}", f"data.cache={root / 'cache'}", f"train.out_dir={root / 'runs'}",
             "data.test=2", "train.patch_size=[16,32,32]", "model.base_features=4", "model.max_features=16",
-            "train.epochs=1", "train.batch_size=2", "train.workers=0", "eval.every=100", "train.checkpoint_every=1",
+            "train.epochs=1", "train.batch_size=2", "train.steps_per_epoch=null", "train.workers=0", "eval.every=100", "train.checkpoint_every=1",
             "train.image_slices=1"]
     return [arg for s in sets for arg in ("--set", s)]
 
