@@ -77,7 +77,7 @@ def test_fairness_matrix_names_a_run_stopped_before_its_first_checkpoint(monkeyp
     assert (run / "config.yaml").is_file()      # nothing removed on the user's behalf
 
 
-LIBRARY = ("config", "data", "engine", "fairness", "mitigations", "models")
+LIBRARY = ("config", "audit", "data", "engine", "fairness", "mitigations", "models")
 
 
 def import_graph() -> dict:
@@ -116,3 +116,12 @@ def test_the_library_has_no_import_circles():
         if node not in state:
             visit(node, [node])
     assert not circles, " ; ".join(" -> ".join(c) for c in circles)
+
+
+def test_the_audit_package_is_the_top_of_the_library():
+    """audit/ orchestrates evaluate.py's modes; no other library module reaches up into it."""
+    graph = import_graph()
+    upward = {m: sorted(t for t in targets if t.startswith("audit")) for m, targets in graph.items()
+              if not m.startswith("audit")}
+    assert not any(upward.values()), {m: t for m, t in upward.items() if t}
+    assert len((ROOT / "evaluate.py").read_text().splitlines()) <= 300
