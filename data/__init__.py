@@ -19,8 +19,11 @@ Modules (each one job):
     cache          reading the cache: cases, case table, settings, group columns
     verify         checking a cache file by file (`preprocess.py verify`), repairing damaged cases
     bias           known-bias cohorts: the bias file, its validation, what each case gets
-    synthetic      CT-like synthetic cohorts (procedural, or around real label maps), biased or not;
-                   synthetic_anatomy paints the CT, one painter per organ
+    synthetic      CT-like synthetic cohorts on disk (procedural, or around real label maps), biased or not
+    procedural     a procedural case's plan (demographics, kidneys, tumors) and its label map
+    label_edits    bias mechanisms on label maps: thicker slices, scaled tumors, label noise
+    synthetic_ct/  the CT model: fields (smooth random fields), anatomy (the layout), painters (one
+                   per organ), acquisition (noise, blur, bias field: render_ct)
     prepare        a run's data made ready: synthesise, preprocess, split, each once
     patches        the training dataset: pos/neg crops, each batch item with its group
     augment        the study's augmentations in torch

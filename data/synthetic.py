@@ -11,8 +11,9 @@ Two generators write the same layout as KiTS19:
   geometry and its real metadata, and synthesises the CT around it: real shapes, sizes and
   demographics, synthetic intensities.
 * `write_procedural_cohort` needs no files: kidneys and tumors are drawn as smooth random shapes
-  whose sizes and demographics follow KiTS19 (the project's embedded demo cohort).
-Both use `synthesize_ct`, the intensity model (data/synthetic_anatomy.py): body outline with
+  whose sizes and demographics follow KiTS19 (the project's embedded demo cohort; the plans and
+  their label maps are data/procedural.py's).
+Both use `synthesize_ct`, the intensity model (data/synthetic_ct/): body outline with
 subcutaneous and visceral fat (BMI-dependent), muscles, spine, liver, spleen, aorta/IVC, bowel
 with air and contents, kidney cortex/medulla/sinus, heterogeneous tumors, partial-volume blur,
 BMI-dependent noise and a smooth bias field. It is built so that no intensity threshold or band
@@ -37,7 +38,8 @@ from-labels: `resample_z_nearest` and the header zooms / affine's z column); tum
 the planned tumors (procedural) or the label map (`scale_tumor`); the render of a case whose
 labels or grid changed takes its twin's labels as `reference`, so the anatomy and every random
 draw are the twin's; label_noise jitters the written reference only (`jitter_labels`; its own
-generator (seed, case, 2)). A case without an effect goes through the unbiased code path.
+generator (seed, case, 2)). A case without an effect goes through the unbiased code path. The
+label-map mechanisms live in data/label_edits.py.
 
 Usage:
     from data.synthetic import write_cohort_from_labels, write_procedural_cohort, synthesize_ct
@@ -64,19 +66,21 @@ import math
 import re
 import shutil
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from data.atomic import atomic_write
 from data.bias import NO_EFFECT, BiasSpec, CaseEffect
 from data.errors import CaseError
+from data.label_edits import _label_dice, jitter_labels, resample_z_nearest, scale_tumor
 from data.labels import LabelScheme
 from data.nifti import kits_affine, read_volume, write_volume
+from data.procedural import (DEFAULT_SHAPE, FIELDS_OF_VIEW, FOV_Z_MM, KIDNEY_FOV_MARGIN_MM, ProceduralCase,
+                             plan_procedural_case)
 from data.progress import track
-from data.synthetic_anatomy import LEFT, random_field, render_ct
+from data.synthetic_ct import render_ct
 from data.untrusted import case_path, check_case_id, read_json
 
 __all__ = ["synthesize_ct", "write_cohort_from_labels", "write_procedural_cohort",
@@ -410,251 +414,6 @@ def write_cohort_from_labels(label_dir, out_dir, *, only: list[str] | None = Non
 # ---------------------------------------------------------------------------------------------
 # Procedural cohort
 # ---------------------------------------------------------------------------------------------
-# Summary numbers measured on the 210 KiTS19 cases (../shared/kits19: kits.json and the label
-# maps, label 1 voxels x voxel volume); only these constants are kept here.
-MALE_FRACTION = 123 / 210
-AGE_BINS = [(0, 10, 1), (10, 20, 3), (20, 30, 4), (30, 40, 13), (40, 50, 29), (50, 60, 49),
-            (60, 70, 69), (70, 80, 33), (80, 90, 8), (90, 91, 1)]          # (lo, hi, count)
-BMI_BINS = [(16, 20, 3), (20, 25, 35), (25, 30, 66), (30, 35, 46), (35, 40, 38), (40, 45, 16),
-            (45, 50, 6)]                                                     # kits.json BMI 16.2-49.6
-KIDNEY_ML = {"male": (463.0, 108.0), "female": (362.0, 86.0)}  # both kidneys, label 1: mean, sd
-TUMOR_LOG_ML = (3.25, 1.73)        # per tumor: log(volume mL) mean, sd (real range 0.8-1464 mL)
-N_TUMORS_P = (0.90, 0.07, 0.03)    # 1, 2, 3 tumors (real: 201, 7, 2 of 210; enriched a little)
-P_OTHER_KIDNEY = 0.5               # extra tumor in the contralateral kidney (5 of 9 real cases)
-P_ANISOTROPIC = 143 / 210          # KiTS19 cases with z/xy spacing ratio > 3
-KIDNEY_OFFSET_MM = (60.0, 88.0)    # kidney centroid to midline (half the real 117-177 mm spread)
-
-# Grid: the default (64, 128, 128) covers a fixed 256 mm of z and a body-sized (~300-500 mm)
-# square in-plane field of view, i.e. ~3 mm pixels and 3.4-15 mm slices (~0.3-1.2 M voxels per
-# case): coarse enough for a CPU demo, fine enough that kidneys (~120 mm) and most tumors span
-# many voxels. Any `shape` keeps the same physical field of view, so (16, 32, 32) is still a whole
-# abdomen (12 mm pixels) for fast tests.
-DEFAULT_SHAPE = (64, 128, 128)
-FOV_Z_MM = 256.0
-
-# Field of view of the written image. "abdomen": the whole grid above. "kidneys": the scan cropped
-# to a box around the kidneys and tumors with KIDNEY_FOV_MARGIN_MM on every side, as a renal-mass
-# protocol reconstructs it: the same anatomy, noise and draws, about half the voxels, so a CPU run
-# spends its patches where the labels are. The box comes from the plan (never the rendered
-# labels) and is shared by a case and its twin.
-FIELDS_OF_VIEW = ("abdomen", "kidneys")
-KIDNEY_FOV_MARGIN_MM = 25.0
-
-
-@dataclass
-class ProceduralCase:
-    """Everything drawn for one procedural case before rasterising (cheap to make)."""
-    case_id: str
-    index: int
-    seed: int
-    gender: str
-    age: int
-    bmi: float
-    spacing: tuple[float, float, float]        # (z, y, x) mm
-    shape: tuple[int, int, int]                # (z, y, x) voxels
-    kidneys: list[dict] = field(default_factory=list)   # centre, axes (3x3 rows), radii, volume_ml
-    tumors: list[dict] = field(default_factory=list)    # centre, radii, kidney, volume_ml
-    shape_seed: int = 0                                 # seeds the outline wobble of the shapes
-    field_extent_mm: tuple | None = None                # box of the wobble field (None: the grid's)
-
-    @property
-    def kidney_volume_ml(self) -> float:
-        """Planned kidney volume (both kidneys, ellipsoid volumes before tumor and hilum carving)."""
-        return float(sum(k["volume_ml"] for k in self.kidneys))
-
-    @property
-    def metadata(self) -> dict:
-        sz, sy, sx = self.spacing
-        return {"case_id": self.case_id, "gender": self.gender, "age_at_nephrectomy": self.age,
-                "body_mass_index": self.bmi,
-                "voxel_spacing": {"x_spacing": sx, "y_spacing": sy, "z_spacing": sz}}
-
-    def labels(self) -> np.ndarray:
-        """Rasterise kidneys and tumors on the case grid (uint8 {0, 1, 2}, (z, y, x))."""
-        return _rasterize(self)
-
-    def organ_box_mm(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) in mm of the reach of every kidney and tumor (what _rasterize may label)."""
-        reaches = [(k["centre"], k["radii"].max() * 1.3) for k in self.kidneys]
-        reaches += [(t["centre"], t["radii"].max() * 1.4) for t in self.tumors]
-        lo = np.min([c - r for c, r in reaches], axis=0)
-        hi = np.max([c + r for c, r in reaches], axis=0)
-        return lo, hi
-
-    def with_effect(self, effect: CaseEffect) -> "ProceduralCase":
-        """The same patient under `effect`'s slice_mm and tumor_scale (self when neither is set).
-
-        slice_mm: the same anatomy in mm on a grid of that z spacing (slice i at i * slice_mm,
-        max(4, round(old extent / slice_mm)) slices). tumor_scale: every tumor's axes x
-        factor^(1/3) (planned volume x factor), its centre at the same place relative to the
-        kidney surface (an exophytic tumor stays attached). Every random draw is the twin's."""
-        if effect.slice_mm is None and effect.tumor_scale == 1.0:
-            return self
-        sz, sy, sx = self.spacing
-        nz, ny, nx = self.shape
-        case = replace(self, kidneys=self.kidneys, tumors=list(self.tumors),
-                       field_extent_mm=tuple(np.asarray(self.spacing) * np.asarray(self.shape)))
-        if effect.slice_mm is not None:
-            case.spacing = (float(effect.slice_mm), sy, sx)
-            case.shape = (max(4, int(round(nz * sz / effect.slice_mm))), ny, nx)
-        if effect.tumor_scale != 1.0:
-            k = effect.tumor_scale ** (1.0 / 3.0)
-            case.tumors = []
-            for t in self.tumors:
-                kid = self.kidneys[t["kidney"]]
-                r = t["r"] * k
-                centre = kid["centre"] + kid["axes"].T @ (t["surface"] + t["normal"] * r * t["exo"])
-                case.tumors.append(dict(t, centre=centre, radii=t["radii"] * k, r=r,
-                                        volume_ml=t["volume_ml"] * effect.tumor_scale))
-        return case
-
-
-def _from_bins(rng, bins) -> float:
-    counts = np.array([c for _, _, c in bins], dtype=np.float64)
-    lo, hi, _ = bins[rng.choice(len(bins), p=counts / counts.sum())]
-    return float(rng.uniform(lo, hi))
-
-
-def _kidney_axes(rng, side: float) -> np.ndarray:
-    """Rows: long axis (upper -> lower pole), medial (towards the hilum), anterior-ish third axis.
-    Upper poles lie medial and posterior (as in the real label maps), hilum turned anteriorly."""
-    alpha, beta, gamma = (math.radians(rng.uniform(*r)) for r in ((8, 20), (8, 22), (15, 40)))
-    lat = side * LEFT   # +x is the patient's left, so lateral for the left kidney is +x
-    long_ax = np.array([1.0, -math.tan(beta), lat * math.tan(alpha)])
-    long_ax /= np.linalg.norm(long_ax)
-    med = np.array([0.0, 0.0, -lat])
-    med -= long_ax * (med @ long_ax)
-    med /= np.linalg.norm(med)
-    ant = np.cross(long_ax, med)
-    if ant[1] > 0:      # make it point anteriorly (-y)
-        ant = -ant
-    m2 = math.cos(gamma) * med + math.sin(gamma) * ant
-    a2 = np.cross(long_ax, m2)
-    if a2[1] > 0:
-        a2 = -a2
-    return np.stack([long_ax, m2, a2])
-
-
-def plan_procedural_case(index: int, *, seed: int = 0, shape: tuple[int, int, int] | None = None) -> ProceduralCase:
-    """Draw demographics, grid and kidney / tumor geometry of procedural case `index`."""
-    nz0, ny, nx = (int(s) for s in (shape or DEFAULT_SHAPE))
-    if min(nz0, ny, nx) < 4:
-        raise ValueError(f"shape {shape} is too small (need at least 4 voxels per axis)")
-    rng = np.random.default_rng([seed, index])
-    u = rng.uniform
-    gender = "male" if rng.random() < MALE_FRACTION else "female"
-    age = int(min(90, math.floor(_from_bins(rng, AGE_BINS))))
-    bmi = round(_from_bins(rng, BMI_BINS), 2)
-    # in-plane: fixed matrix, field of view sized to the body (as scanners do), so the pixel size
-    # varies per case; body size estimated with the intensity model's nominal fat rules
-    excess = max(bmi - 19.0, 0.0)
-    half_w = 137.0 + 0.5 * 2.6 * excess + 1.2 * 2.0 * excess
-    ant, post = 107.0 + 2.6 * excess + 2.0 * excess, 74.0 + 0.8 * 2.0 * excess
-    fov_xy = float(np.clip(2.0 * half_w * u(1.0, 1.15), 300.0, 500.0))
-    sxy = fov_xy / nx
-    # z: thin (ratio < 3) or thick (ratio > 3) slices, as in KiTS19, so both of nnU-Net's
-    # resampling paths get used; shape[0] sets the reference slice spacing
-    sz_ref = FOV_Z_MM / nz0
-    if rng.random() < P_ANISOTROPIC:
-        sz = max(sz_ref * u(0.9, 1.1), sxy * u(3.3, 5.0))
-    else:
-        sz = min(sz_ref * u(0.9, 1.1), sxy * u(2.0, 2.8))
-    nz = max(4, int(round(FOV_Z_MM / sz)))
-    spacing = (round(sz, 4), round(sxy, 4), round(sxy, 4))
-    # spine and kidneys in mm on this grid
-    x_mid = nx * sxy / 2.0 + u(-10.0, 10.0)
-    y_vb = ny * sxy / 2.0 + (ant - post) / 2.0 + u(-10.0, 10.0)
-    z_mid = nz * sz * u(0.42, 0.55)
-    mean, sd = KIDNEY_ML[gender]
-    total = max(150.0, rng.normal(mean, sd))
-    case = ProceduralCase(case_id=f"case_{index:05d}", index=index, seed=seed, gender=gender, age=age,
-                          bmi=bmi, spacing=spacing, shape=(nz, ny, nx))
-    drop = u(5.0, 25.0)   # the right kidney usually sits lower (liver above it)
-    for side in (-1.0, 1.0):   # patient's right, left
-        vol = total / 2.0 * u(0.85, 1.15)
-        a = (3.0 * vol * 1000.0 / (4.0 * math.pi * 0.52 * 0.42)) ** (1.0 / 3.0)
-        centre = np.array([z_mid - 8.0 + (drop if side < 0 else 0.0) + u(-8, 8),
-                           y_vb + u(0.0, 10.0), x_mid + side * LEFT * u(*KIDNEY_OFFSET_MM)])
-        case.kidneys.append({"side": side, "centre": centre, "axes": _kidney_axes(rng, side),
-                             "radii": np.array([a, 0.52 * a, 0.42 * a]) * np.exp(rng.normal(0, 0.05, 3)),
-                             "volume_ml": vol})
-    n_tum = 1 + int(rng.choice(3, p=N_TUMORS_P))
-    first = int(rng.integers(0, 2))
-    for t in range(n_tum):
-        k = first if t == 0 or rng.random() > P_OTHER_KIDNEY else 1 - first
-        kid = case.kidneys[k]
-        vol = float(np.clip(math.exp(rng.normal(*TUMOR_LOG_ML)), 0.5, 2500.0))
-        r = (3.0 * vol * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
-        while True:   # a surface direction away from the hilum (tumors rarely sit in the sinus)
-            d = rng.normal(size=3)
-            d /= np.linalg.norm(d)
-            if d[1] < 0.5:
-                break
-        radii = kid["radii"]
-        s = 1.0 / math.sqrt(float(np.sum((d / radii) ** 2)))
-        p_local = s * d
-        normal = p_local / radii ** 2
-        normal /= np.linalg.norm(normal)
-        exo = u(-0.6, 0.7)    # > 0: centre outside the kidney (exophytic), < 0: endophytic
-        centre = kid["centre"] + kid["axes"].T @ (p_local + normal * r * exo)
-        case.tumors.append({"centre": centre, "radii": r * np.exp(rng.normal(0, 0.1, 3)),
-                            "kidney": k, "volume_ml": vol,
-                            "r": r, "surface": p_local, "normal": normal, "exo": exo})  # for tumor_scale
-    case.shape_seed = int(rng.integers(0, 2**63 - 1))
-    return case
-
-
-def _rasterize(case: ProceduralCase) -> np.ndarray:
-    """Kidneys (deformed ellipsoids with a hilum dent) then tumors (deformed ellipsoids)."""
-    sp = np.asarray(case.spacing)
-    shape = case.shape
-    labels = np.zeros(shape, dtype=np.uint8)
-    coords = [np.arange(n) * s for n, s in zip(shape, sp)]
-    rng = np.random.default_rng(case.shape_seed)
-    extent = sp * np.asarray(shape) if case.field_extent_mm is None else np.asarray(case.field_extent_mm)
-    wobble = random_field(rng, np.zeros(3), extent, 30.0)
-
-    def window(centre, reach):
-        sl = []
-        for c, ax in zip(centre, coords):
-            a, b = np.searchsorted(ax, c - reach), np.searchsorted(ax, c + reach, "right")
-            if b <= a:
-                return None
-            sl.append(slice(int(a), int(b)))
-        return tuple(sl)
-
-    def local(w, centre, axes):
-        zz, yy, xx = (coords[i][w[i]] - centre[i] for i in range(3))
-        zz, yy, xx = zz[:, None, None], yy[None, :, None], xx[None, None, :]
-        return [axes[j, 0] * zz + axes[j, 1] * yy + axes[j, 2] * xx for j in range(3)]
-
-    for kid in case.kidneys:
-        radii = kid["radii"]
-        w = window(kid["centre"], radii.max() * 1.3)
-        if w is None:
-            continue
-        u, v, t = local(w, kid["centre"], kid["axes"])
-        q = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (t / radii[2]) ** 2
-        noise = wobble.sample(coords[0][w[0]], coords[1][w[1]], coords[2][w[2]])
-        inside = q < 1.0 + 0.12 * noise
-        dent = (u / (0.3 * radii[0])) ** 2 + ((v - radii[1]) / (0.35 * radii[1])) ** 2 + (t / (0.3 * radii[2])) ** 2 < 1.0
-        labels[w][inside & ~dent] = 1
-    for tum in case.tumors:
-        radii = tum["radii"]
-        w = window(tum["centre"], radii.max() * 1.4)
-        marked = False
-        if w is not None:
-            zz, yy, xx = (coords[i][w[i]] - tum["centre"][i] for i in range(3))
-            q = ((zz / radii[0]) ** 2)[:, None, None] + ((yy / radii[1]) ** 2)[None, :, None] + \
-                ((xx / radii[2]) ** 2)[None, None, :]
-            noise = wobble.sample(coords[0][w[0]], coords[1][w[1]], coords[2][w[2]])
-            m = q < 1.0 + 0.15 * noise
-            labels[w][m] = 2
-            marked = bool(m.any())
-        if not marked:   # smaller than a voxel: still mark the nearest voxel (every KiTS19 case has a tumor)
-            idx = tuple(int(np.clip(round(c / s), 0, n - 1)) for c, s, n in zip(tum["centre"], sp, shape))
-            labels[idx] = 2
-    return labels
 
 
 def _fov_box_mm(case: ProceduralCase, effect: CaseEffect, fov: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -777,117 +536,3 @@ def write_procedural_cohort(out_dir, *, n_cases: int, seed: int = 0, shape: tupl
         _merge_metadata(twins_dir(out_dir), twin_entries)
     (out_dir / PENDING_FILE).unlink(missing_ok=True)
     return ids
-
-
-# ---------------------------------------------------------------------------------------------
-# Bias mechanisms acting on label maps (data/bias.py says which case gets what)
-# ---------------------------------------------------------------------------------------------
-def resample_z_nearest(labels: np.ndarray, z_mm: float, new_z_mm: float) -> np.ndarray:
-    """slice_mm on a label map: max(1, round(nz * z_mm / new_z_mm)) slices, slice j taken from
-    the original slice nearest to j * new_z_mm (slice 0 stays in place; nearest, never blended)."""
-    nz = labels.shape[0]
-    n_new = max(1, int(round(nz * z_mm / new_z_mm)))
-    idx = np.minimum(np.floor(np.arange(n_new) * (new_z_mm / z_mm) + 0.5).astype(np.intp), nz - 1)
-    return np.ascontiguousarray(labels[idx])
-
-
-def _bbox(mask: np.ndarray, margin, shape) -> tuple[slice, ...] | None:
-    """Index box of a mask's True voxels grown by margin (per axis), or None when empty."""
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if not len(hits):
-            return None
-        box.append(slice(max(0, int(hits[0]) - margin[axis]), min(shape[axis], int(hits[-1]) + 1 + margin[axis])))
-    return tuple(box)
-
-
-def scale_tumor(labels: np.ndarray, spacing, factor: float) -> tuple[np.ndarray, float]:
-    """tumor_scale on a real label map: each tumor (connected component of label 2) of n voxels
-    keeps or gains max(1, round(factor * n)) voxels; returns (new labels, new / old tumor voxels).
-
-    factor < 1: the tumor shrinks concentrically: its voxels deepest below its surface (distance
-    in mm) stay tumor; each vacated voxel takes the label of the nearest non-tumor voxel of the
-    original map (kidney where the tumor bordered kidney, background where it bulged out).
-    factor > 1: it grows into the kidney only: the kidney voxels nearest to it (mm) become tumor,
-    as many as there are (the ratio then falls short; it is returned)."""
-    out = labels.copy()
-    tumor = labels == 2
-    n_old = int(np.count_nonzero(tumor))
-    sp = np.asarray(spacing, dtype=np.float64)
-    if n_old == 0 or factor == 1.0:
-        return out, 1.0
-    box = _bbox(tumor, [1, 1, 1], labels.shape)
-    comps, n_comp = ndimage.label(tumor[box])
-    for c in range(1, n_comp + 1):
-        comp = comps == c
-        n = int(np.count_nonzero(comp))
-        keep = max(1, int(round(factor * n)))
-        if keep < n:
-            sub = _bbox(comp, [1, 1, 1], comp.shape)
-            cm, lab = comp[sub], labels[box][sub]
-            depth = ndimage.distance_transform_edt(cm, sampling=sp)
-            order = np.argsort(-depth[cm], kind="stable")
-            gone = np.zeros(int(cm.sum()), dtype=bool)
-            gone[order[keep:]] = True
-            vacated = np.zeros_like(cm)
-            vacated[cm] = gone
-            _, nearest = ndimage.distance_transform_edt(lab == 2, sampling=sp, return_indices=True)
-            view = out[box][sub]
-            view[vacated] = lab[tuple(i[vacated] for i in nearest)]
-        elif keep > n:
-            r_mm = (3.0 * n * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0)
-            reach = [int(math.ceil(2.0 * r_mm * (factor ** (1.0 / 3.0) - 1.0) / s)) + 2 for s in sp]
-            cb = _bbox(comp, [0, 0, 0], comp.shape)
-            whole = tuple(slice(max(0, b.start + q.start - m), min(size, b.start + q.stop + m))
-                          for b, q, m, size in zip(box, cb, reach, labels.shape))
-            cm = np.zeros(tuple(w.stop - w.start for w in whole), dtype=bool)
-            cm[tuple(slice(b.start + q.start - w.start, b.start + q.stop - w.start)
-                     for b, q, w in zip(box, cb, whole))] = comp[cb]
-            dist = ndimage.distance_transform_edt(~cm, sampling=sp)
-            cand = np.flatnonzero(labels[whole] == 1)
-            take = cand[np.argsort(dist.ravel()[cand], kind="stable")[:keep - n]]
-            view = out[whole]
-            idx = np.unravel_index(take, view.shape)
-            view[idx] = 2
-    return out, float(np.count_nonzero(out == 2)) / n_old
-
-
-def jitter_labels(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """label_noise: the kidney outline (label > 0) and the tumor outline (label 2) each moved
-    along the in-plane normal by d(x) = k * tanh(g(x)) voxels, g a smooth unit-variance random
-    field (correlation ~8 voxels in-plane, ~3 slices); |d| < k. A voxel changes label exactly
-    when the moved outline crosses its centre, so only voxels whose centres lie within k + 1/2
-    voxel of the true outline change (at most k layers of voxels). Distances are in-plane in
-    voxel units, as annotators draw slice by slice; the tumor stays inside the kidney outline."""
-    box = _bbox(labels > 0, [0, k + 2, k + 2], labels.shape)
-    out = labels.copy()
-    if box is None:
-        return out
-    lab = labels[box]
-    z_scale = 8.0 / 3.0     # the field's cells are 8 voxels in-plane and 3 slices along z
-    hi = np.asarray(lab.shape, dtype=np.float64) * np.array([z_scale, 1.0, 1.0])
-    fields = [random_field(rng, np.zeros(3), hi, 16.0) for _ in range(2)]   # kidney, tumor outline
-    y, x = np.arange(lab.shape[1]), np.arange(lab.shape[2])
-    edt = ndimage.distance_transform_edt
-    for j in range(lab.shape[0]):     # slice by slice: bounded memory on 500-slice real cases
-        moved = []
-        for mask, f in ((lab[j] > 0, fields[0]), (lab[j] == 2, fields[1])):
-            if not mask.any():
-                moved.append(mask)
-                continue
-            d = k * np.tanh(f.sample(np.array([j * z_scale]), y, x)[0])
-            sd = np.where(mask, edt(mask) - 0.5, 0.5 - edt(~mask))   # signed in-plane distance
-            moved.append(sd + d > 0)
-        fg, tumor = moved
-        out[box][j] = np.where(fg, np.where(tumor & fg, 2, 1), 0)
-    return out
-
-
-def _label_dice(written: np.ndarray, true: np.ndarray) -> dict:
-    """Dice of the jittered reference against the true labels (kidney = label > 0, tumor = 2)."""
-    out = {}
-    for name, a, b in (("kidney", written > 0, true > 0), ("tumor", written == 2, true == 2)):
-        denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-        out[name] = round(2.0 * int(np.count_nonzero(a & b)) / denom, 4) if denom else 1.0
-    return out

@@ -83,7 +83,7 @@ LIBRARY = ("config", "audit", "data", "engine", "fairness", "mitigations", "mode
 def import_graph() -> dict:
     """{module: modules of the library it imports anywhere in its file, lazily too}."""
     modules = {}
-    for path in [ROOT / "config.py", *[p for pkg in LIBRARY[1:] for p in (ROOT / pkg).glob("*.py")]]:
+    for path in [ROOT / "config.py", *[p for pkg in LIBRARY[1:] for p in sorted((ROOT / pkg).rglob("*.py"))]]:
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         modules[name] = path
     graph = {}
