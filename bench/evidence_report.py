@@ -1,4 +1,4 @@
-"""README's evidence tables ("What the tool finds on its benchmark"), computed from the per-case tables
+"""The evidence tables of docs/evidence.md ("What the tool finds on its benchmark"), computed from the per-case tables
 that bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
 
     python bench/evidence_report.py                        # docs/evidence/matrix_sex, matrix_age, matrix_hidden,
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     for part in ("sex", "age", "hidden", "hidden_casemix", "real"):   # a default folder not there: skipped
         folder = getattr(args, part)
         if folder is not None and folder == p.get_default(part) and not (folder / "runs.csv").is_file():
-            print(f"note: no {part.replace('_', '-')} tables at {folder.relative_to(ROOT)}; skipped (see README's "
+            print(f"note: no {part.replace('_', '-')} tables at {folder.relative_to(ROOT)}; skipped (see docs/evidence.md's "
                   "commands)", file=sys.stderr)
             setattr(args, part, None)
     text = "\n".join(sections(args))

@@ -40,7 +40,7 @@ paired_kidney.csv/md, paired_tumor.csv/md and compare/ under --out.
 With --keep DIR (procedural cohorts only), the evidence behind the tables is also copied to DIR, in
 --out's own layout so that bench/evidence_report.py reads either: runs.csv (runs_<attr>.csv), each
 run's per-case table (runs/METHOD/seedK/eval/per_case.csv) and its twins' (eval/twin_*/per_case.csv),
-and cases.csv (which cases the bias acts on, and the hidden members). A few KB a run: README's
+and cases.csv (which cases the bias acts on, and the hidden members). A few KB a run: docs/evidence.md's
 evidence tables are regenerated from docs/evidence/ without training.
 """
 from __future__ import annotations
@@ -272,7 +272,7 @@ def hidden_members(raw: Path) -> set[str]:
 
 
 def keep_evidence(args, rows: list[dict]) -> None:
-    """Copy what README's evidence tables are computed from into --keep (see the module docstring)."""
+    """Copy what docs/evidence.md's tables are computed from into --keep (see the module docstring)."""
     from data.atomic import atomic_write, write_csv
 
     keep = args.keep.resolve()

@@ -13,7 +13,7 @@ data/groups.py (`sex`, `age`, `bmi`, `age:40,60`, any metadata field, intersecti
     "sex,age":
       "female×>=70": {contrast: 0.5}
 
-An empty file (or `{}`) is the null cohort. Mechanisms (exact definitions: README, "Known-bias
+An empty file (or `{}`) is the null cohort. Mechanisms (exact definitions: docs/bias_cohorts.md, "Known-bias
 cohorts"; what the generators do with them: data/synthetic.py):
 
     noise        number > 0     image noise std x factor

@@ -1,6 +1,8 @@
 """Docs that cannot drift: every `python SCRIPT …` command line in README.md and docs/*.md parses
-with that script's own argument parser (the flags exist, the choices and values are valid), and
-every repository path the docs name in backticks exists.
+with that script's own argument parser (the flags exist, the choices and values are valid); every
+repository path the docs name in backticks exists, every link between pages resolves, every config
+key they name is in the schema, every table of measured figures names the command that prints it,
+and README stays a front door (at most 250 lines, linking every page).
 
 A command is parsed, not run: the script is executed until its parser returns, then stopped.
 Commands with an elided part (`…`, `...`) or a placeholder (`<time>`) in a flag's place are left
@@ -98,7 +100,7 @@ def test_every_config_key_a_documented_training_command_sets_exists():
     assert checked >= 5
 
 
-PATH = re.compile(r"`((?:configs|docs|bench|fairness|models|data|engine|mitigations|tests)/[\w./-]+)`")
+PATH = re.compile(r"`((?:configs|docs|bench|fairness|models|data|engine|mitigations|audit|tests)/[\w./-]+)`")
 
 
 def test_every_repository_path_the_docs_name_exists():
@@ -111,3 +113,101 @@ def test_every_repository_path_the_docs_name_exists():
                 if not (ROOT / name.rstrip("/.")).exists():
                     missing.append(f"{page.name}:{number}: {name}")
     assert not missing, "\n".join(missing)
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_every_link_between_pages_resolves():
+    """A Markdown link from a page (README.md or docs/) to a file resolves from that page's folder."""
+    broken = []
+    for page in PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for target in LINK.findall(line):
+                if target.startswith(("http://", "https://", "#", "mailto:")):
+                    continue
+                if not (page.parent / target.split("#")[0]).exists():
+                    broken.append(f"{page.name}:{number}: {target}")
+    assert not broken, "\n".join(broken)
+
+
+CONFIG_KEY = re.compile(r"`((?:data|model|loss|sampler|optim|train|eval|fairness)\.[a-z_][\w.]*?)(?:[:=][^`]*)?`")
+
+
+def known_config_key(key: str) -> bool:
+    """In the schema (config.DEFAULTS, mitigations' sections included), a network builder's keyword, or
+    an old name the config still translates or refuses by name (config.MOVED / REMOVED)."""
+    import inspect
+
+    from config import DEFAULTS, MOVED, REMOVED
+    from models import MODELS
+
+    if key in MOVED or key in REMOVED:
+        return True
+    section, *rest = key.split(".")
+    if section == "model":
+        names = set(DEFAULTS["model"]) | {"moe"}
+        for builder in MODELS.values():
+            names |= set(inspect.signature(builder).parameters)
+        return rest[0] in names
+    node = DEFAULTS[section]
+    for part in rest:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_config_key_the_docs_name_exists():
+    unknown = [f"{page.name}:{number}: {key}" for page in PAGES
+               for number, line in enumerate(page.read_text().splitlines(), 1)
+               for key in CONFIG_KEY.findall(line)
+               if not key.endswith(".py") and not (ROOT / key.split(".")[0] / f"{key.split('.')[1]}.py").exists()
+               and not known_config_key(key.rstrip("."))]
+    assert not unknown, "\n".join(unknown)
+
+
+SOURCE = re.compile(r"(?:bench/\w+\.py|python3? (?:train|evaluate|preprocess)\.py|SPEC)")
+FIGURE = re.compile(r"\d\.\d")
+
+
+def figure_tables(text: str):
+    """(line number, the section's text up to the table) of each Markdown table holding a measured figure."""
+    out, section, table_start, in_code = [], [], None, False
+    for number, line in enumerate(text.splitlines() + [""], 1):
+        if line.strip().startswith("```"):
+            in_code = not in_code
+        if not in_code and line.startswith("|"):
+            if table_start is None:
+                table_start, figures = number, False
+            figures |= bool(FIGURE.search(re.sub(r"`[^`]*`", "", line)))   # a config value is no figure
+        elif table_start is not None:
+            if figures:
+                out.append((table_start, "\n".join(section)))   # the section so far, the table included
+            table_start = None
+        if not in_code and re.match(r"#{1,4} ", line):
+            section = []
+        section.append(line)
+    return out
+
+
+def test_every_measured_table_names_the_command_that_prints_it():
+    """A table of measured figures says, in its section, which bench script (or entry command, or SPEC
+    reference) prints it; a bench it names exists."""
+    unsourced, missing = [], []
+    for page in PAGES:
+        for number, context in figure_tables(page.read_text()):
+            if not SOURCE.search(context):
+                unsourced.append(f"{page.name}:{number}")
+            missing += [f"{page.name}:{number}: {b}" for b in re.findall(r"bench/\w+\.py", context)
+                        if not (ROOT / b).is_file()]
+    assert not unsourced, "tables with no command that prints them: " + ", ".join(unsourced)
+    assert not missing, "\n".join(missing)
+
+
+def test_readme_is_a_front_door_that_links_every_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    linked = {target for target in LINK.findall(readme)}
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in linked]
+    assert not unlinked, f"docs pages README does not link: {unlinked}"
