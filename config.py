@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from data.augment import AugmentSettings
+from data.augment import AUGMENT_ON, AugmentSettings
 from data.preprocess_settings import PreprocessSettings
 from data.errors import CaseError, ConfigError  # noqa: F401  (ConfigError: config.ConfigError for callers)
 from data.untrusted import parse_yaml, read_yaml, short
@@ -75,6 +75,9 @@ DEFAULTS = {
         "channels_last": False,
         "cudnn_benchmark": True,
         "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(AugmentSettings()).items()},
+        # where the augmentations run: loader (its workers, on the CPU) | device (the training device:
+        # workers only read and crop; the same draws, data/augment.py)
+        "augment_on": "loader",
         "out_dir": "runs",
         "name": None,                   # run folder name; default: config name + time
         "checkpoint_every": 10,         # epochs between last.pt writes
@@ -186,6 +189,9 @@ def _check_ranges(cfg: dict) -> None:
     steps = cfg["train"]["steps_per_epoch"]
     if steps is not None and not isinstance(steps, int):
         raise ConfigError(f"config key 'train.steps_per_epoch' is a whole number of batches or null, got {short(steps)}")
+    if cfg["train"]["augment_on"] not in AUGMENT_ON:
+        raise ConfigError(f"config key 'train.augment_on' is one of {', '.join(AUGMENT_ON)}, "
+                          f"got {short(cfg['train']['augment_on'])}")
     patch = cfg["train"]["patch_size"]
     if len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= MIN_PATCH for p in patch):
         raise ConfigError(f"config key 'train.patch_size' is three whole numbers >= {MIN_PATCH} (z, y, x), "

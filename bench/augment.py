@@ -9,6 +9,11 @@ torch.set_num_threads and the OMP/MKL/OpenBLAS env), each pipeline in a fresh pr
             crop 1 : 1 from the cached class locations, then data.augment.Augmenter (zoom
             0.9-1.2 p .15, Gaussian noise std .01 p .15, Gaussian smoothing sigma (0.5, 1.15)
             p .15, intensity scale +-0.3 p .15, flip p .5 per axis);
+    ours, augment_on device
+            train.augment_on: device: the loader's part alone (read, crop, draw the sample's
+            augmentation plan), and then, timed apart, the plan applied to the same samples on this
+            CPU (data.augment.apply_plan), the part a GPU takes over; with the cores either path
+            needs to feed 10, 50 and 100 patches/s;
     MONAI   the same steps from MONAI transforms (the study's own tools), on the same case held
             in memory as numpy arrays (image (1, Z, Y, X) float32, labels (1, Z, Y, X) uint8):
             SpatialPadd(80, 160, 160) -> RandCropByPosNegLabeld(pos 1, neg 1, 1 sample) ->
@@ -226,6 +231,30 @@ def child_ours(work: Path, threads: int, case_id: str, patch, samples: int, warm
           "threads": threads})
 
 
+def child_ours_device(work: Path, threads: int, case_id: str, patch, samples: int, warmup: int, seed: int) -> None:
+    """train.augment_on: device. The loader's part (read, crop, draw the plan) timed as the loader
+    path is; then the device's part (data.augment.apply_plan on the same samples), here on this CPU:
+    on a GPU that part leaves the loader's cores."""
+    _setup_threads(threads)
+    from data.augment import AugmentSettings, apply_plan
+    from data.patches import PatchDataset
+    settings = AugmentSettings()
+    ds = PatchDataset(work / "cache", [case_id], patch_size=patch, augment=settings, augment_on="device")
+    keys = [(0, seed * 1_000_003 + i) for i in range(warmup + samples)]
+    out = ds[keys[0]]
+    shapes = {"image": [list(out["image"].shape), str(out["image"].dtype)],
+              "label": [list(out["label"].shape), str(out["label"].dtype)]}
+    times, wall, cpu = _timed_loop(lambda k: ds[k], keys, warmup)
+    items = [ds[k] for k in keys[warmup:]]
+    applied, applied_wall, applied_cpu = _timed_loop(
+        lambda item: apply_plan(settings, item["image"], item["label"], item["augment"]), items, 0)
+    names = ("zoom", "noise", "smooth", "scale", "flip z", "flip y", "flip x")
+    probs = (settings.zoom_p, settings.noise_p, settings.smooth_p, settings.scale_p) + (settings.flip_p,) * 3
+    fired = {n: sum(int(item["augment"][i] < pr) for item in items) for i, (n, pr) in enumerate(zip(names, probs))}
+    emit({"step": "ours_device", **_summary(times, wall, cpu), "fired": fired, "output": shapes, "threads": threads,
+          "apply_on_cpu": _summary(applied, applied_wall, applied_cpu)})
+
+
 def _monai_pipeline(patch, settings, *, cached: bool, probs: dict | None = None):
     """The study's pipeline from MONAI transforms; `probs` overrides p per transform (parts table)."""
     from monai import transforms as T
@@ -435,6 +464,8 @@ def main(argv=None) -> int:
         case_id = json.loads((work / "plan.json").read_text())["case_id"]
         if args.child == "ours":
             child_ours(work, args.threads, case_id, patch, args.samples, args.warmup, args.seed)
+        elif args.child == "ours_device":
+            child_ours_device(work, args.threads, case_id, patch, args.samples, args.warmup, args.seed)
         elif args.child in ("monai", "monai_idx"):
             child_monai(work, args.threads, case_id, patch, args.samples, args.warmup, args.seed,
                         cached=args.child == "monai_idx")
@@ -521,7 +552,8 @@ def bench(args, kits: Path | None, patch) -> int:
           "in a fresh process", flush=True)
 
     common = ["--patch", *map(str, patch), "--samples", str(args.samples), "--warmup", str(args.warmup)]
-    steps = [("ours", "ours: PatchDataset (memmap) + Augmenter")]
+    steps = [("ours", "ours: PatchDataset (memmap) + Augmenter"),
+             ("ours_device", "ours, augment_on device: loader part")]
     if not args.skip_monai:
         steps += [("monai", "MONAI (a): indices found per call"),
                   ("monai_idx", "MONAI (b): fg/bg indices cached")]
@@ -569,6 +601,14 @@ def bench(args, kits: Path | None, patch) -> int:
         o = results[step]["output"]
         print(f"({step} output: image {tuple(o['image'][0])} {o['image'][1]}, label {tuple(o['label'][0])} "
               f"{o['label'][1]})")
+    loader_ms, device_ms = results["ours"]["mean_ms"], results["ours_device"]["mean_ms"]
+    applied_ms = results["ours_device"]["apply_on_cpu"]["mean_ms"]
+    print(f"train.augment_on: the loader's CPU time per patch is {loader_ms:.1f} ms with `loader` and "
+          f"{device_ms:.1f} ms with `device` (read, crop, draw); the augmentations themselves, {applied_ms:.1f} ms "
+          "a patch on this CPU, then run on the training device")
+    for rate in (10, 50, 100):
+        print(f"   to feed {rate} patches/s: {rate * loader_ms / 1000:.1f} cores with `loader`, "
+              f"{rate * device_ms / 1000:.1f} with `device`")
     if "monai_idx" in results:
         print(f"(MONAI (b): FgBgToIndicesd on the whole case took {results['monai_idx']['indices_seconds']:.2f} s "
               "once, not timed)")

@@ -10,9 +10,17 @@ Every random draw comes from the numpy Generator passed in, so a sample is a pur
 its seed: the same seed gives the same patch in any worker, and resuming reproduces batches.
 Spatial transforms act on image and label together and keep them aligned.
 
+The draws and the transforms are two steps (`draw_plan`, `apply_plan`), so they may run in two
+places: `train.augment_on: loader` applies them in the loader's workers; `device` has the workers
+draw each sample's plan (the same numbers, in the same order) and the trainer apply it on its device
+(`apply_batch`). On the CPU both give the same patch bit for bit; on a GPU the noise differs in its
+numbers, not its distribution (CUDA's generator is not the CPU's), and trilinear zoom and the blur
+by float rounding.
+
 Usage:
     aug = Augmenter(AugmentSettings())               # the study's probabilities
     image, label = aug(image, label, rng)            # image (C, Z, Y, X) float32, label (Z, Y, X)
+    plan = draw_plan(settings, rng); image, label = apply_plan(settings, image, label, plan)   # the same
 """
 from __future__ import annotations
 
@@ -102,29 +110,59 @@ def gaussian_smooth(image: torch.Tensor, sigmas) -> torch.Tensor:
     return x
 
 
+PLAN_SIZE = 13   # one sample's draws as a vector: see draw_plan
+AUGMENT_ON = ("loader", "device")   # where a patch's augmentations run (train.augment_on)
+
+
+def draw_plan(settings: AugmentSettings, rng: np.random.Generator) -> torch.Tensor:
+    """Every decision of one sample drawn up front, in a fixed order, so the stream of random numbers
+    (and so every later patch) does not depend on which transforms fire, nor on where they run.
+
+    The plan is a float64 vector of PLAN_SIZE, so a batch of plans collates into one (B, PLAN_SIZE)
+    tensor that travels with the patches: [0:7] the uniform decisions (zoom, noise, smooth, scale,
+    flip z, y, x), [7] the zoom factor, [8] the noise seed, [9:12] the smoothing sigmas, [12] the
+    intensity scale."""
+    draws = rng.random(8)
+    zoom_factor = rng.uniform(*settings.zoom_range)
+    noise_seed = int(rng.integers(2 ** 31))
+    sigmas = rng.uniform(*settings.smooth_sigma, size=3)
+    scale = rng.uniform(*settings.scale_range)
+    return torch.from_numpy(np.concatenate([draws[:7], [zoom_factor, noise_seed], sigmas, [scale]]))
+
+
+def apply_plan(settings: AugmentSettings, image: torch.Tensor, label: torch.Tensor, plan: torch.Tensor):
+    """One sample's transforms, from its plan, on whatever device image and label are on. The noise
+    comes from a generator on that device seeded by the plan: on the CPU the same numbers as the
+    loader's, on a GPU others of the same distribution (CUDA's generator is not the CPU's)."""
+    s = settings
+    values = plan.tolist()
+    draws, zoom_factor, noise_seed = values[:7], values[7], int(values[8])
+    sigmas, scale = values[9:12], values[12]
+    if draws[0] < s.zoom_p:
+        image, label = zoom(image, label, zoom_factor)
+    if draws[1] < s.noise_p:
+        gen = torch.Generator(device=image.device).manual_seed(noise_seed)
+        image = image + s.noise_std * torch.randn(image.shape, generator=gen, dtype=image.dtype, device=image.device)
+    if draws[2] < s.smooth_p:
+        image = gaussian_smooth(image, sigmas)
+    if draws[3] < s.scale_p:
+        image = image * (1.0 + scale)
+    flip_axes = [axis for axis, d in zip((-3, -2, -1), draws[4:7]) if d < s.flip_p]
+    if flip_axes:
+        image, label = image.flip(flip_axes), label.flip(flip_axes)
+    return image.contiguous(), label.contiguous()
+
+
+def apply_batch(settings: AugmentSettings, image: torch.Tensor, label: torch.Tensor, plans: torch.Tensor):
+    """`train.augment_on: device`: a batch (B, C, Z, Y, X) / (B, Z, Y, X) augmented sample by sample
+    on its own device, each sample by the plan its loader worker drew."""
+    pairs = [apply_plan(settings, image[b], label[b], plans[b]) for b in range(image.shape[0])]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
 class Augmenter:
     def __init__(self, settings: AugmentSettings):
         self.s = settings
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
-        s = self.s
-        # Draw every decision up front, in a fixed order, so the stream of random numbers (and so
-        # every later patch) does not depend on which transforms fired.
-        draws = rng.random(8)
-        zoom_factor = rng.uniform(*s.zoom_range)
-        noise_seed = int(rng.integers(2 ** 31))
-        sigmas = rng.uniform(*s.smooth_sigma, size=3)
-        scale = rng.uniform(*s.scale_range)
-        if draws[0] < s.zoom_p:
-            image, label = zoom(image, label, zoom_factor)
-        if draws[1] < s.noise_p:
-            gen = torch.Generator().manual_seed(noise_seed)
-            image = image + s.noise_std * torch.randn(image.shape, generator=gen, dtype=image.dtype)
-        if draws[2] < s.smooth_p:
-            image = gaussian_smooth(image, sigmas)
-        if draws[3] < s.scale_p:
-            image = image * (1.0 + scale)
-        flip_axes = [axis for axis, d in zip((-3, -2, -1), draws[4:7]) if d < s.flip_p]
-        if flip_axes:
-            image, label = image.flip(flip_axes), label.flip(flip_axes)
-        return image.contiguous(), label.contiguous()
+        return apply_plan(self.s, image, label, draw_plan(self.s, rng))

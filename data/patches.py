@@ -13,6 +13,10 @@ Crop (SPEC §1, steps 1-2, like MONAI's SpatialPad + RandCropByPosNegLabel):
 Usage:
     ds = PatchDataset("cache/demo", case_ids, patch_size=(32, 64, 64), augment=AugmentSettings())
     sample = ds[(3, 12345)]   # {"image": (1, Z, Y, X) float32, "label": (Z, Y, X) int64, "case": 3}
+
+augment_on="device" (train.augment_on): the item is the crop alone, with "augment", its sample's
+augmentation draws (data/augment.draw_plan, from the same generator at the same point), and the
+trainer applies them on its device (data/augment.apply_batch); loader workers then only read and crop.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.augment import Augmenter, AugmentSettings
+from data.augment import AUGMENT_ON, Augmenter, AugmentSettings, draw_plan
 from data.cache import load_arrays, load_preprocessed
 
 
@@ -49,13 +53,17 @@ def read_window(array: np.ndarray, starts, patch_size, fill=0) -> np.ndarray:
 
 class PatchDataset(Dataset):
     def __init__(self, cache_dir, case_ids, *, patch_size, augment: AugmentSettings | None = None,
-                 pos_ratio: float = 1.0, neg_ratio: float = 1.0, groups=None):
+                 pos_ratio: float = 1.0, neg_ratio: float = 1.0, groups=None, augment_on: str = "loader"):
         self.cache_dir = cache_dir
         self.case_ids = list(case_ids)
         # each case's position in the run's group index (data/group_index.py), carried by the batch
         self.groups = list(groups) if groups is not None else [-1] * len(self.case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.augmenter = Augmenter(augment if augment is not None else AugmentSettings())
+        self.augment = augment if augment is not None else AugmentSettings()
+        self.augmenter = Augmenter(self.augment)
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+        self.augment_on = augment_on
         if pos_ratio < 0 or neg_ratio < 0 or pos_ratio + neg_ratio == 0:
             raise ValueError(f"pos/neg ratio must be non-negative and not both 0, got {pos_ratio}:{neg_ratio}")
         self.pos_fraction = pos_ratio / (pos_ratio + neg_ratio)
@@ -89,5 +97,9 @@ class PatchDataset(Dataset):
         starts, _ = crop_window(label.shape, self.patch_size, centre)
         image_patch = torch.from_numpy(read_window(image, starts, self.patch_size, fill=0.0))[None]
         label_patch = torch.from_numpy(read_window(label, starts, self.patch_size, fill=0).astype(np.int64))
-        image_patch, label_patch = self.augmenter(image_patch, label_patch, rng)
-        return {"image": image_patch, "label": label_patch, "case": index, "group": self.groups[index]}
+        item = {"case": index, "group": self.groups[index]}
+        if self.augment_on == "device":   # the same draws, applied by the trainer on its device
+            item["augment"] = draw_plan(self.augment, rng)
+        else:
+            image_patch, label_patch = self.augmenter(image_patch, label_patch, rng)
+        return {"image": image_patch, "label": label_patch, **item}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from data.augment import AugmentSettings
+from data.augment import AugmentSettings, apply_batch
 from data.cache import with_covariates
 from data.errors import CaseError, format_failures
 from data.patches import PatchDataset
@@ -106,7 +106,8 @@ class Trainer:
                                     augment=AugmentSettings.from_dict(tc["augment"]),
                                     pos_ratio=self.cfg["sampler"]["pos_ratio"],
                                     neg_ratio=self.cfg["sampler"]["neg_ratio"],
-                                    groups=[index.position(c) if index.known(c) else -1 for c in d.train_ids])
+                                    groups=[index.position(c) if index.known(c) else -1 for c in d.train_ids],
+                                    augment_on=tc["augment_on"])
         common = dict(batch_size=tc["batch_size"], seed=tc["seed"], rank=env.rank, world_size=env.world,
                       steps_per_epoch=tc["steps_per_epoch"])
         samplers = [s for s in (m.sampler(case_ids=d.train_ids, **common) for m in self.methods) if s is not None]
@@ -225,6 +226,8 @@ class Trainer:
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         group = batch["group"].to(device)
+        if "augment" in batch:     # train.augment_on: device, each sample by its worker's draws
+            image, label = apply_batch(self.dataset.augment, image, label, batch["augment"])
         if self.tc["channels_last"]:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         kwargs = {k: v for m in self.methods for k, v in m.forward_kwargs(group).items()}

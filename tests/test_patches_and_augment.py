@@ -98,6 +98,39 @@ def test_patches_are_a_function_of_their_seed(cache):
     assert not torch.equal(first[0][0], first[0][1])                # no two workers/items alike
 
 
+EVERY_TRANSFORM = AugmentSettings(zoom_p=0.5, noise_p=0.5, smooth_p=0.5, scale_p=0.5, flip_p=0.5)
+
+
+@pytest.mark.parametrize("settings", [AugmentSettings(), EVERY_TRANSFORM], ids=["study", "every-transform"])
+def test_augmenting_on_the_device_gives_the_loaders_patch_bit_for_bit(cache, settings):
+    """train.augment_on: device draws each sample's plan in the worker (the same numbers, in the same
+    order) and applies it on the trainer's device; on the CPU that is the loader's patch exactly."""
+    from data.augment import PLAN_SIZE, apply_batch
+
+    ids = ["case_00000", "case_00001", "case_00002"]
+    loader_side = PatchDataset(cache, ids, patch_size=(16, 32, 32), augment=settings)
+    device_side = PatchDataset(cache, ids, patch_size=(16, 32, 32), augment=settings, augment_on="device")
+    keys = [(s % 3, 1000 + s) for s in range(24)]
+    items = [device_side[k] for k in keys]
+    assert all(item["augment"].shape == (PLAN_SIZE,) for item in items)
+    batch = torch.utils.data.default_collate(items)
+    image, label = apply_batch(settings, batch["image"], batch["label"], batch["augment"])
+    expected = [loader_side[k] for k in keys]
+    assert torch.equal(image, torch.stack([e["image"] for e in expected]))
+    assert torch.equal(label, torch.stack([e["label"] for e in expected]))
+    raw = PatchDataset(cache, ids, patch_size=(16, 32, 32), augment=AugmentSettings.none())
+    assert sum(not torch.equal(i["image"], raw[k]["image"]) for i, k in zip(expected, keys)) >= 12   # they did act
+
+
+def test_augment_on_names_its_choices():
+    from config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'train.augment_on' is one of loader, device"):
+        load_config(None, ["train.augment_on=gpu"])
+    with pytest.raises(ValueError, match="augment_on must be one of loader, device"):
+        PatchDataset("unused", [], patch_size=(8, 8, 8), augment_on="gpu")
+
+
 def test_uniform_sampler_epochs_and_ranks():
     sampler = uniform_sampler(n_cases=10, batch_size=4, seed=0)
     batches = list(sampler)

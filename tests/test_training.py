@@ -66,6 +66,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cohort):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
 
 
+def test_augmenting_on_the_device_trains_the_same_weights_on_the_cpu(cohort):
+    assert train.main(tiny_args(cohort, "aug_loader", epochs=2)) == 0
+    assert train.main(tiny_args(cohort, "aug_device", epochs=2, extra=["train.augment_on=device"])) == 0
+    a = torch.load(cohort / "runs" / "aug_loader" / "last.pt", weights_only=False)
+    b = torch.load(cohort / "runs" / "aug_device" / "last.pt", weights_only=False)
+    assert b["config"]["train"]["augment_on"] == "device"
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+
+
 def test_steps_per_epoch_counts_and_resumes_exactly(cohort):
     steps = ["train.steps_per_epoch=3"]       # 4 training cases at batch 2 would be 2 steps an epoch
     assert train.main(tiny_args(cohort, "steps_straight", epochs=2, extra=steps)) == 0
