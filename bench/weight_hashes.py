@@ -33,7 +33,7 @@ from tests.kits_fixtures import write_tiny_cohort  # noqa: E402
 
 SKIP = {"preprocess_study.yaml"}
 # the smoke test's sizes; the fair-meta classifier's width has its own key
-SMOKE_SETS = ["data.synthesize_cases=0", "data.test=2", "data.val=0", "train.patch_size=[16,32,32]",
+SMOKE_SETS = ["data.synthesize_cases=0", "data.test=2", "data.val=0", "train.steps_per_epoch=null", "train.patch_size=[16,32,32]",
               "model.base_features=4", "model.max_features=16", "train.batch_size=4", "train.workers=0",
               "eval.every=100", "data.preprocess.target_spacing=[3.22,1.62,1.62]", "train.device=cpu"]
 CLASSIFIER_KEY = "fairness.fairmeta.classifier.growth_rate=4"
