@@ -102,7 +102,7 @@ def gaussian_smooth(image: torch.Tensor, sigmas) -> torch.Tensor:
         r = len(k) // 2
         dim = x.dim() - 3 + axis
         n = x.shape[dim]
-        padded = x.index_select(dim, torch.arange(-r, n + r).clamp_(0, n - 1))
+        padded = x.index_select(dim, torch.arange(-r, n + r, device=x.device).clamp_(0, n - 1))
         out = padded.narrow(dim, 0, n) * float(k[0])
         for j in range(1, len(k)):
             out.add_(padded.narrow(dim, j, n), alpha=float(k[j]))
