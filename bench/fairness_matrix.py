@@ -271,6 +271,17 @@ def hidden_members(raw: Path) -> set[str]:
     return {c["case_id"] for c in cases if ((c.get("synthetic_bias") or {}).get("hidden") or {}).get("member")}
 
 
+def merged_runs(kept: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """The kept runs table with this command's runs laid over it: a run kept by an earlier command
+    (another --out, other --methods) stays, one retrained here is replaced."""
+    if not kept.is_file():
+        return new
+    old = pd.read_csv(kept)
+    fresh = set(zip(new["method"], new["seed"]))
+    old = old[[(m, s) not in fresh for m, s in zip(old["method"], old["seed"])]]
+    return pd.concat([old, new], ignore_index=True)
+
+
 def keep_evidence(args, rows: list[dict]) -> None:
     """Copy what docs/evidence.md's tables are computed from into --keep (see the module docstring)."""
     from data.atomic import atomic_write, write_csv
@@ -278,7 +289,7 @@ def keep_evidence(args, rows: list[dict]) -> None:
     keep = args.keep.resolve()
     keep.mkdir(parents=True, exist_ok=True)
     for table in ["runs.csv", *[f"runs_{a}.csv" for a in args.also]]:
-        atomic_write(keep / table, lambda tmp, t=table: shutil.copyfile(args.out / t, tmp))
+        write_csv(merged_runs(keep / table, pd.read_csv(args.out / table)), keep / table, index=False)
     for row in rows:
         run = args.out / "runs" / row["method"] / f"seed{row['seed']}"
         for table in [run / "eval" / "per_case.csv", *sorted(run.glob("eval/twin_*/per_case.csv"))]:

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ def load_bench(monkeypatch, name: str):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))     # as `python bench/X.py` has it
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)          # as an import has it (dataclasses look it up)
     spec.loader.exec_module(module)
     return module
 
@@ -87,6 +89,20 @@ def test_evidence_report_computes_the_paired_delta_from_the_kept_tables(matrix_f
     assert report.study_form(runs, ["male", "female"]).loc["nnU-Net baseline", "mean"] == \
         f"{np.mean(means):.1f} ± {np.std(means, ddof=1):.1f}"
     assert report.hidden_members(kept) == {"case_00007", "case_00008", "case_00009"}
+
+
+def test_a_later_command_adds_its_runs_to_the_kept_table(matrix_folder):
+    """Another --out (other methods, another seed) kept into the same folder: the earlier runs stay,
+    a run trained again replaces its row."""
+    matrix, out, kept = matrix_folder
+    later = pd.read_csv(out / "runs.csv")
+    later = later[later["seed"] == 1].assign(seed=lambda f: f["seed"].where(f["method"] == "resm", 2))
+    later.loc[later["method"] == "resm", "mean"] = -1.0
+    merged = matrix.merged_runs(kept / "runs.csv", later)
+    assert sorted(zip(merged["method"], merged["seed"])) == [("baseline", 0), ("baseline", 1), ("baseline", 2),
+                                                             ("resm", 0), ("resm", 1)]
+    assert merged.loc[(merged["method"] == "resm") & (merged["seed"] == 1), "mean"].tolist() == [-1.0]
+    assert matrix.merged_runs(kept / "absent.csv", later).equals(later)
 
 
 def test_keep_refuses_a_cohort_from_real_label_maps(monkeypatch, tmp_path):
