@@ -222,7 +222,7 @@ def prepare_nnunet(args) -> Path:
 
 
 def train_nnunet(row: Row, args, budget_s: float, steps: int) -> dict:
-    folder = prepare_nnunet(args)
+    prepare_nnunet(args)
     results = args.workdir / "nnunet" / row.name
     if results.exists():
         print(f"   {results} is an interrupted row: removed, trained again")
