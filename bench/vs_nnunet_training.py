@@ -73,6 +73,7 @@ class Row:
     name: str
     side: str                   # ours | nnunet
     amp: str = "bf16"           # ours: train.amp
+    sets: tuple = ()            # ours: more --set overrides (a lever; --variant)
     plans: str = ""             # nnunet: plans identifier
     budget: str = ""            # nnunet: steps | time
 
@@ -163,6 +164,7 @@ def train_ours(row: Row, args) -> dict:
             f"train.out_dir={args.workdir / 'runs'}", f"train.seed={args.seed}", f"train.amp=\"{row.amp}\""]
     if args.epochs is not None:
         sets += [f"train.epochs={args.epochs}", f"eval.every={args.epochs}"]
+    sets += list(row.sets)
     cmd = [sys.executable, "train.py", "--config", "configs/demo.yaml", "--name", row.name, "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
@@ -339,6 +341,13 @@ def frame(result: dict):
     return pd.read_csv(result["per_case"])
 
 
+def comparisons(results: dict) -> list[tuple[str, str, str]]:
+    """COMPARISONS, and each --variant against nnU-Net at equal steps."""
+    variants = [(f"{name}, equal steps, matched plan", name, "nnunet_matched_steps")
+                for name in results if name not in ROWS]
+    return [c for c in COMPARISONS + variants if c[1] in results and c[2] in results]
+
+
 def table(results: dict) -> tuple[str, dict]:
     """The markdown table of rows and of paired comparisons, and the goal figures."""
     from fairness.paired import paired_delta
@@ -354,9 +363,7 @@ def table(results: dict) -> tuple[str, dict]:
                      + " | ".join(f"{means[name][c]:.1f}" for c in ("kidney", "tumor", "mean")) + " |")
     lines += ["", "| paired over the test cases | Δ kidney | Δ tumor | Δ mean | p (mean) |", "| --- | --- | --- | --- | --- |"]
     goals = {}
-    for label, ours, peer in COMPARISONS:
-        if ours not in results or peer not in results:
-            continue
+    for label, ours, peer in comparisons(results):
         cells, p = [], math.nan
         for metric in ("kidney", "tumor", "mean"):
             d = paired_delta([frame(results[peer])], [frame(results[ours])], "sex", metric=metric, order=ORDER)
@@ -399,6 +406,9 @@ def parse_args(argv=None):
     pr.add_argument("--threads", type=int, required=True)
     p.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "vs_nnunet")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+                   help="one more row of ours, our recipe with these --set overrides (a lever), compared with "
+                        "nnU-Net at equal steps: --variant os33 sampler.pos_ratio=0.5 (repeatable)")
     p.add_argument("--cases", type=int, default=72, help="procedural cases (default 72: the demo's)")
     p.add_argument("--test", type=int, default=40, help="test cases (default 40: the demo's)")
     p.add_argument("--epochs", type=int, help="our epochs (default: the demo's 150, 16 steps each)")
@@ -409,6 +419,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--quick", action="store_true", help="12 cases (4 test), 4 epochs, nnU-Net epochs of 8 iterations")
     args = p.parse_args(argv)
+    for name, *sets in args.variant:
+        if name in ROWS or not sets or not all("=" in s for s in sets):
+            p.error(f"--variant {name}: a new row name, then KEY=VALUE overrides (rows: {', '.join(ROWS)})")
     if args.quick:
         args.cases, args.test, args.epochs = 12, 4, args.epochs or 4
         args.nnunet_iterations, args.nnunet_val_iterations = 8, 2
@@ -425,21 +438,26 @@ def main(argv=None) -> int:
         return nnunet_predict_child(args)
     args.workdir = args.workdir.resolve()
     print(f"workdir {args.workdir}; load {loadavg()} (timings want a quiet machine)", flush=True)
-    results = {}
+    results, done = {}, {}
     # ours first: the nnU-Net rows take their steps and their time budget from it
-    for name in ["ours", *[r for r in args.rows if r != "ours"]]:
-        row, result = ROWS[name], load_row(args.workdir, name)
-        if result is None and name not in args.rows:
+    rows = dict(ROWS, **{name: Row(name, "ours", sets=tuple(sets)) for name, *sets in args.variant})
+    wanted = [*args.rows, *[name for name, *_ in args.variant]]
+    for name in ["ours", *[r for r in wanted if r != "ours"]]:
+        row, result = rows[name], load_row(args.workdir, name)
+        if result is not None and tuple(result.get("sets", ())) != row.sets:
+            sys.exit(f"error: row {name} was trained with {result.get('sets')}; name this variant otherwise")
+        if result is None and name not in wanted:
             sys.exit(f"error: row {name} is needed by the others and not done: add it to --rows")
         if result is None:
             print(f"== {name}: training (log {args.workdir / 'logs' / (name + '.log')})", flush=True)
-            result = (train_ours(row, args) if row.side == "ours"
-                      else train_nnunet(row, args, results["ours"]["train_s"], results["ours"]["steps"]))
+            result = (dict(train_ours(row, args), sets=list(row.sets)) if row.side == "ours"
+                      else train_nnunet(row, args, done["ours"]["train_s"], done["ours"]["steps"]))
             save_row(args.workdir, name, result)
         print(f"   {name}: {result['steps']} steps, training {result['train_s']:.0f} s "
               f"({result['train_s'] / result['steps']:.3f} s a step), setup {result['setup_s']:.0f} s, "
               f"prediction + scoring {result['score_s']:.0f} s", flush=True)
-        if name in args.rows:
+        done[name] = result
+        if name in wanted:
             results[name] = result
     text, figs = table(results)
     import torch

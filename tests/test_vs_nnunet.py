@@ -67,6 +67,11 @@ def test_the_table_gives_hand_computed_figures(bench, tmp_path):
     # kidney +5 points and tumor unchanged: +2.5 on a case's mean, +5 on the case with no tumor
     assert steps["delta_mean"] == pytest.approx(100 * (7 * 0.025 + 0.05) / 8)
     assert "| +5.0 [+5.0, +5.0] | +0.0 [+0.0, +0.0] |" in text    # Δ kidney, Δ tumor at equal steps
+    assert "| ours − nnunet_matched_time (equal wall time, matched plan) |" in text
+    assert "nnunet_default_time" not in text                  # a row not run has no comparison
+    lever = dict(results, lever=per_case(tmp_path, "lever", kidney, tumor))   # a --variant row
+    assert "| lever − nnunet_matched_steps (lever, equal steps, matched plan) | +0.0 [+0.0, +0.0] |" in \
+        bench.table(lever)[0]
     lines = bench.verdicts(figs)
     ours, time = (np.nanmean(np.c_[kidney + 0.05, tumor], axis=1).mean(),
                   np.nanmean(np.c_[kidney - 0.25, tumor / 3], axis=1).mean())
