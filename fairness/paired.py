@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,7 +112,9 @@ def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame
         observed = float(np.nanmean(m_point[s]) - np.nanmean(b_point[s]))
         row[f"delta_{s}"] = float(scale * observed)
         usable = (sizes.sum() >= 2) if s == "mean" else (len(groups) >= 2 and sizes.min() >= 2)
-        draws = np.nanmean(m_stats[s], axis=0) - np.nanmean(b_stats[s], axis=0)
+        with warnings.catch_warnings():   # a resample in which a group has no scored case: NaN, dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            draws = np.nanmean(m_stats[s], axis=0) - np.nanmean(b_stats[s], axis=0)
         draws = draws[np.isfinite(draws)]
         lo = hi = p = math.nan
         if usable and draws.size:
