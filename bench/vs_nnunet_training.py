@@ -22,7 +22,8 @@ nnUNetv2_preprocess for the matched plan. nnU-Net trains in epochs of --nnunet-i
 iterations, with --nnunet-val-iterations (10: its own 50 per 250) validation iterations an epoch, one
 augmentation worker (nnUNet_n_proc_DA=1, as our loader's 1), all cores for torch, fp32 (nnU-Net
 autocasts on CUDA only), and no final validation. A time-budgeted row trains 2 epochs, then fixes
-its epoch count (and its poly schedule's length) so that the rest fits in the budget. nnU-Net's
+its epoch count (and its poly schedule's length) so that the rest fits in the budget; where those 2
+epochs outlast the budget, it stops when the budget is spent (mid-epoch, at its first learning rate). nnU-Net's
 predictions are those of nnUNetPredictor without mirroring (nnUNetv2_predict --disable_tta), step
 0.5, Gaussian weighting; written in the input geometry and scored by `evaluate.py --pred`, the same
 scorer as ours, against the same label maps.
@@ -260,6 +261,14 @@ def budget_trainer_class():
     class BudgetTrainer(nnUNetTrainer):
         budget_s: float | None = None
 
+        steps_done = 0
+
+        def out_of_budget(self) -> bool:
+            # before its length is fixed, a budget is a hard stop: a plan whose epoch outlasts the
+            # budget trains what fits in it, not CALIBRATION_EPOCHS whole epochs
+            return (self.budget_s is not None and self.current_epoch < CALIBRATION_EPOCHS
+                    and time.time() - self.wall_start >= self.budget_s)
+
         def run_training(self):
             # nnU-Net's loop, through its own hooks, with a length that a time budget fixes after
             # CALIBRATION_EPOCHS (its loop reads num_epochs once, so it cannot be changed mid-run)
@@ -269,8 +278,17 @@ def budget_trainer_class():
             while self.current_epoch < self.num_epochs:
                 self.on_epoch_start()
                 self.on_train_epoch_start()
-                outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+                outputs = []
+                for _ in range(self.num_iterations_per_epoch):
+                    outputs.append(self.train_step(next(self.dataloader_train)))
+                    self.steps_done += 1
+                    if self.out_of_budget():
+                        break
                 self.on_train_epoch_end(outputs)
+                if self.out_of_budget():
+                    self.print_to_log_file(f"time budget {self.budget_s:.0f} s spent after {self.steps_done} "
+                                           "iterations, before its length was fixed: stopped", also_print_to_console=True)
+                    break
                 with torch.no_grad():
                     self.on_validation_epoch_start()
                     val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
@@ -304,7 +322,7 @@ def nnunet_train_child(a) -> int:
     trainer.budget_s = a.budget_s
     trainer.save_every = 10 ** 9
     trainer.run_training()
-    emit({"steps": trainer.num_epochs * a.iterations, "epochs": trainer.num_epochs,
+    emit({"steps": trainer.steps_done, "epochs": trainer.num_epochs,
           "train_s": trainer.wall_end - trainer.wall_start, "torch": torch.__version__})
     return 0
 
