@@ -40,8 +40,8 @@ steps a paired Δ mean whose lower bound is above 0.
 
 Needs nnU-Net (pip install -r bench/requirements.txt); both sides run on the torch installed.
 Resumable by row: a finished row (WORKDIR/rows/ROW.json) is reused, an interrupted one redone
-(its folder removed first: it holds only that row's partial training). About 90 minutes on 2 cores
-with the defaults; --quick (12 cases, a few steps) checks the plumbing in about 5.
+(its folder removed first: it holds only that row's partial training). About an hour on 2 cores
+with the defaults; --quick (12 cases, a few steps) checks the plumbing in about 7.
 
     python bench/vs_nnunet_training.py
     python bench/vs_nnunet_training.py --rows ours nnunet_matched_steps
