@@ -338,6 +338,8 @@ def nnunet_predict_child(a) -> int:
     torch.set_num_threads(a.threads)
     plans, dataset = PlansManager(load_json(a.model / "plans.json")), load_json(a.model / "dataset.json")
     conf = plans.get_configuration(CONFIGURATION)
+    # the checkpoint this bench's own nnU-Net child just wrote in its workdir, never a file from elsewhere;
+    # nnU-Net pickles its logger's numpy values into it, so a weights-only load refuses it
     checkpoint = torch.load(a.model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     # the network is nnUNetTrainer's (BudgetTrainer changes the length only), built as nnUNetv2_predict does
     net = nnUNetTrainer.build_network_architecture(plans, conf, determine_num_input_channels(plans, conf, dataset),
@@ -354,11 +356,6 @@ def nnunet_predict_child(a) -> int:
 
 
 # --- the table -------------------------------------------------------------------------------------
-def frame(result: dict):
-    import pandas as pd
-    return pd.read_csv(result["per_case"])
-
-
 def comparisons(results: dict) -> list[tuple[str, str, str]]:
     """COMPARISONS, and each --variant against nnU-Net at equal steps."""
     variants = [(f"{name}, equal steps, matched plan", name, "nnunet_matched_steps")
@@ -372,9 +369,11 @@ def table(results: dict) -> tuple[str, dict]:
 
     lines = ["| row | steps | s / step | data setup (s) | training (s) | predict + score (s) | kidney | tumor | mean |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    import pandas as pd
+    frames = {name: pd.read_csv(res["per_case"]) for name, res in results.items()}   # each read once
     means = {}
     for name, res in results.items():
-        f = frame(res)
+        f = frames[name]
         means[name] = {c: 100 * float(f[c].mean()) for c in ("kidney", "tumor", "mean")}
         lines.append(f"| {name} | {res['steps']} | {res['train_s'] / res['steps']:.3f} | {res['setup_s']:.0f} | "
                      f"{res['train_s']:.0f} | {res['score_s']:.0f} | "
@@ -384,7 +383,7 @@ def table(results: dict) -> tuple[str, dict]:
     for label, ours, peer in comparisons(results):
         cells, p = [], math.nan
         for metric in ("kidney", "tumor", "mean"):
-            d = paired_delta([frame(results[peer])], [frame(results[ours])], "sex", metric=metric, order=ORDER)
+            d = paired_delta([frames[peer]], [frames[ours]], "sex", metric=metric, order=ORDER)
             cells.append(f"{d['delta_mean']:+.1f} [{d['delta_mean_lo']:+.1f}, {d['delta_mean_hi']:+.1f}]")
             if metric == "mean":
                 p, goals[(ours, peer)] = d["p_mean"], d
