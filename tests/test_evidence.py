@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +110,19 @@ def test_keep_refuses_a_cohort_from_real_label_maps(monkeypatch, tmp_path):
     matrix = load_bench(monkeypatch, "fairness_matrix")
     with pytest.raises(SystemExit):
         matrix.main(["--raw", str(tmp_path), "--keep", str(tmp_path / "kept"), "--out", str(tmp_path / "out")])
+
+
+def test_the_repository_holds_every_per_case_table_its_kept_runs_name():
+    """docs/evidence.md is regenerated from docs/evidence/ on a clean clone, so every run a kept runs table
+    lists has its per-case table committed; a `runs/` ignore rule once swallowed all of them."""
+    kept = ROOT / "docs" / "evidence"
+    tables = sorted(kept.glob("*/runs*.csv"))
+    assert tables, "docs/evidence holds no kept runs table"
+    missing = [str((t.parent / "runs" / m / f"seed{s}" / "eval" / "per_case.csv").relative_to(ROOT))
+               for t in tables for m, s in pd.read_csv(t)[["method", "seed"]].itertuples(index=False)
+               if not (t.parent / "runs" / m / f"seed{s}" / "eval" / "per_case.csv").is_file()]
+    assert not missing, f"{len(missing)} kept per-case table(s) absent, e.g. {missing[:3]}"
+    if shutil.which("git") and (ROOT / ".git").exists():
+        probe = "docs/evidence/matrix_sex/runs/baseline/seed0/eval/per_case.csv"
+        ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT).returncode == 0
+        assert not ignored, f"{probe} is ignored by .gitignore: the kept tables would never be committed"
