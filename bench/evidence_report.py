@@ -1,11 +1,14 @@
 """The evidence tables of docs/evidence.md ("What the tool finds on its benchmark"), computed from the per-case tables
 that bench/fairness_matrix.py wrote; it trains nothing and prints Markdown.
 
-    python bench/evidence_report.py                        # docs/evidence/matrix_sex, matrix_age, matrix_hidden,
-                                                           # matrix_hidden_casemix (the kept tables: --keep),
-                                                           # bench/out/real_anatomy (never kept: real label maps)
+    python bench/evidence_report.py                        # docs/evidence/matrix_sex, matrix_sex_fairmeta,
+                                                           # matrix_age, matrix_hidden, matrix_hidden_casemix
+                                                           # (the kept tables: --keep; a part not kept is read
+                                                           # from bench/out), and bench/out/real_anatomy
+                                                           # (never kept: derived from real label maps)
     python bench/evidence_report.py --out bench/out/evidence.md
-    python bench/evidence_report.py --sex DIR --age '' --hidden '' --hidden-casemix '' --real ''   # '' skips a part
+    python bench/evidence_report.py --sex DIR --sex-levers '' --age '' --hidden '' --hidden-casemix '' --real ''
+                                                           # '' skips a part
 
 Per method, over the seeds found (each table says how many):
   - the study's table form: Dice kidney / tumor / mean, SD and SER as mean ± std over seeds, and the
@@ -20,6 +23,8 @@ Per method, over the seeds found (each table says how many):
 For a hidden subgroup (matrix_hidden_casemix): FairDRO's own claims, each a paired Δ against the
 baseline with Holm over the three: the worst group's Dice, the hidden members' Dice, and the CVaR20
 of the group that holds them (fairness/paired.py's paired_delta and paired_cvar).
+For fair meta-learning's controls and levers (matrix_sex_fairmeta): the sex tables above, paired
+against the baseline trained beside them (same cohort and seed), Holm over the levers.
 For the real-anatomy cohort: the raw and case-mix adjusted sex and age gaps, beside the study's
 Table 1 and Table 4 figures (SPEC §1).
 """
@@ -317,6 +322,11 @@ def sections(args) -> list[str]:
                 to_markdown(evidence(args.sex, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
         if args.figure:
             class_tradeoff(args.sex, runs, "sex", "kidney", args.figure)
+    if args.sex_levers:
+        runs = read_runs(args.sex_levers)
+        out += [f"### Fair meta-learning's levers: `poor_protocol_female` ({seeds_line(runs)})",
+                to_markdown(study_form(runs, ["male", "female"])),
+                to_markdown(evidence(args.sex_levers, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
     if args.age:
         runs = read_runs(args.age)
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
@@ -343,6 +353,8 @@ def main(argv=None) -> int:
     folder = lambda s: Path(s) if s else None  # noqa: E731  ('' skips a part)
     kept = lambda name: KEPT / name if (KEPT / name).is_dir() else OUT / name  # noqa: E731
     p.add_argument("--sex", type=folder, default=kept("matrix_sex"))
+    p.add_argument("--sex-levers", type=folder, default=kept("matrix_sex_fairmeta"),
+                   help="fair meta-learning's controls and levers on the sex cohort, with their own baseline")
     p.add_argument("--age", type=folder, default=kept("matrix_age"))
     p.add_argument("--hidden", type=folder, default=kept("matrix_hidden"))
     p.add_argument("--hidden-casemix", type=folder, default=kept("matrix_hidden_casemix"),
@@ -352,7 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     p.add_argument("--figure", type=Path, help="write the sex matrix's trade-off figure on the kidney Dice here (PNG)")
     args = p.parse_args(argv)
-    for part in ("sex", "age", "hidden", "hidden_casemix", "real"):   # a default folder not there: skipped
+    for part in ("sex", "sex_levers", "age", "hidden", "hidden_casemix", "real"):   # a default folder not there: skipped
         folder = getattr(args, part)
         if folder is not None and folder == p.get_default(part) and not (folder / "runs.csv").is_file():
             print(f"note: no {part.replace('_', '-')} tables at {folder.relative_to(ROOT)}; skipped (see docs/evidence.md's "
