@@ -315,18 +315,14 @@ def seeds_line(runs: pd.DataFrame) -> str:
 
 def sections(args) -> list[str]:
     out = []
-    if args.sex:
-        runs = read_runs(args.sex)
-        out += [f"### Sex: `poor_protocol_female` ({seeds_line(runs)})",
-                to_markdown(study_form(runs, ["male", "female"])),
-                to_markdown(evidence(args.sex, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
-        if args.figure:
-            class_tradeoff(args.sex, runs, "sex", "kidney", args.figure)
-    if args.sex_levers:
-        runs = read_runs(args.sex_levers)
-        out += [f"### Fair meta-learning's levers: `poor_protocol_female` ({seeds_line(runs)})",
-                to_markdown(study_form(runs, ["male", "female"])),
-                to_markdown(evidence(args.sex_levers, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
+    for folder, title in ((args.sex, "Sex"), (args.sex_levers, "Fair meta-learning's levers")):
+        if folder:   # the poor protocol acts on the kidney Dice
+            runs = read_runs(folder)
+            out += [f"### {title}: `poor_protocol_female` ({seeds_line(runs)})",
+                    to_markdown(study_form(runs, ["male", "female"])),
+                    to_markdown(evidence(folder, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
+    if args.sex and args.figure:
+        class_tradeoff(args.sex, read_runs(args.sex), "sex", "kidney", args.figure)
     if args.age:
         runs = read_runs(args.age)
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
