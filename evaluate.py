@@ -103,13 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                     help="test-time mirroring over all 8 flips (default: the run's eval.mirror)")
     ck.add_argument("--tile-batch", type=whole(minimum=1), help="tiles per forward pass (default: the run's eval.tile_batch)")
-    cmp = parser.add_argument_group("with --compare")
-    cmp.add_argument("--baseline", metavar="NAME",
-                     help="the method (folder name) the others are compared with, paired over the same test "
-                          "cases: Δ mean Dice, ΔSD, ΔSER, Δ worst group with bootstrap CIs and Holm p-values")
-    cmp.add_argument("--source", default="auto",
-                     help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
-                          "train, or an eval/ subfolder name such as best")
+    add_compare_options(parser.add_argument_group("with --compare"))
     me = parser.add_argument_group("metrics")
     me.add_argument("--metric", nargs="+", metavar="NAME", choices=list(METRIC_NAMES),
                     help="per-case metric(s) every table, statistic and figure is made for: dice (KiTS19's, the "
@@ -153,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
+
+
+def add_compare_options(cmp) -> None:
+    cmp.add_argument("--baseline", metavar="NAME",
+                     help="the method (folder name) the others are compared with: Δ mean Dice, ΔSD, ΔSER, Δ worst "
+                          "group, Δ gap (and the kidney and tumor gaps) with 95%% CIs and Holm p-values over the "
+                          "screen. With 2+ runs (seeds) per method the recipe question, seeds as the unit; with one, "
+                          "this model's, the test cases as the sample (docs/audit.md)")
+    cmp.add_argument("--seed-variance", default="own", choices=["own", "pooled"],
+                     help="the recipe-level test's between-seed variance: own (Welch across seeds, the default) or "
+                          "pooled over the table's methods (more power with 2-3 seeds; only when the recipes' seed "
+                          "spreads are alike: docs/statistics.md)")
+    cmp.add_argument("--detect", type=number(low=0, open_low=True), metavar="DELTA",
+                     help="also print the seeds per method a recipe-level comparison needs to detect a true Δ of "
+                          "DELTA (points for Dice, SD, worst and gap; a ratio for SER) with 80%% power, from the "
+                          "between-seed spread measured")
+    cmp.add_argument("--source", default="auto",
+                     help="which results of each run: auto (evaluate.py's best, then last, else train.py's), "
+                          "train, or an eval/ subfolder name such as best")
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,7 @@ from engine.rundata import load_run_data, prepare_datasets
 from engine.runs import (batch_folder, create_run_dir, discover_test_failures, is_finished, new_run_dir, pick_task,
                          plan_batch, planted_bias_line, training_interrupted, write_test_tables)
 from engine.slurm import submit, train_command, write_scripts
+from fairness.recipe import THIS_MODEL
 from engine.runtime import amp_settings, barrier, pick_device, seed_everything, setup_distributed, unwrap
 from models.checkpoint import FORMAT_VERSION, convert_checkpoint, git_commit, load_checkpoint
 
@@ -242,6 +243,7 @@ def test_tables(trainer: Trainer, run_dir: Path, writer, log) -> None:
     write_test_tables(run_dir / "eval", per_case, audits, log=log,
                       page=(lambda folder, table, lines: test_page(trainer, run_dir, folder, table, lines, log))
                       if trainer.cfg["eval"]["report"] else None)
+    log(f"\n{THIS_MODEL}")
     planted = planted_bias_line(data.cache)
     if planted:
         log(f"\n{planted}")

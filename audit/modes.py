@@ -73,7 +73,7 @@ def run_checkpoints(args) -> int:
     for path in paths:
         if not path.is_file():
             raise CaseError(str(path), "checkpoint not found")
-    all_reports, failed = [], 0
+    all_reports, all_cases, failed = [], [], 0
     for i, path in enumerate(paths):
         out_dir = ckpt_out_dir(path, args, i, len(paths))
         on_interrupt(lambda exc, path=path, out_dir=out_dir:
@@ -89,6 +89,7 @@ def run_checkpoints(args) -> int:
             title = f"{path.parent.name}/{path.name}, {len(per_case)} cases"
             all_reports.append(write_reports(per_case, attributes, out_dir, args, title=title, writer=writer,
                                              metrics=metrics))
+            all_cases.append(per_case)
             writer.close()
             if args.discover:
                 discover_failures(per_case, metadata, out_dir, args, metrics=metrics, embeddings=embeddings)
@@ -103,7 +104,7 @@ def run_checkpoints(args) -> int:
         agg_dir = args.out if args.out is not None else \
             Path(os.path.commonpath([p.parent.resolve() for p in paths])) / f"eval-{paths[0].stem}-seeds"
         with results_folder(agg_dir, overwrite=args.overwrite, marker="checkpoints.txt"):
-            write_seed_tables(all_reports, paths, agg_dir)
+            write_seed_tables(all_reports, paths, agg_dir, all_cases)
         print(f"\nseed aggregate in {agg_dir}")
     return 1 if failed else 0
 

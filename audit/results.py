@@ -79,6 +79,9 @@ def write_reports(per_case: pd.DataFrame, attributes, out_dir: Path | None, args
     family = report_family(list(reports.values()))
     for name, rep in reports.items():
         write_report(rep, per_case, shown_as[name], out_dir, title=title, writer=writer, name=name)
+    from fairness.recipe import THIS_MODEL
+
+    print(f"\n{THIS_MODEL}")
     if family:
         print(f"\n(Holm over the {family} tests this screen prints: attributes x classes x tests; "
               "'Holm' beside each p)")
@@ -125,10 +128,13 @@ def write_report(rep, per_case: pd.DataFrame, attribute: str, out_dir: Path | No
     return rep
 
 
-def write_seed_tables(all_reports, paths, agg_dir: Path) -> None:
-    """Each attribute's figures as mean ± std over the checkpoints; checkpoints.txt (last) lists them."""
+def write_seed_tables(all_reports, paths, agg_dir: Path, per_cases=None) -> None:
+    """Each attribute's figures as mean ± std over the checkpoints, and, with the checkpoints' per-case
+    tables, the recipe's own gap with the seeds as the unit (fairness.recipe.recipe_gap; Holm over the
+    screen's attributes x classes): recipe_<attr>.csv. checkpoints.txt (last) lists them."""
     from fairness.report import seed_summary_line, seed_table, to_latex, to_markdown
 
+    gaps = recipe_gaps(all_reports, per_cases) if per_cases is not None else {}
     for name in all_reports[0]:
         table, agg = seed_table([r[name].audit for r in all_reports])
         line = seed_summary_line(agg, all_reports[0][name].audit.metric)
@@ -138,7 +144,56 @@ def write_seed_tables(all_reports, paths, agg_dir: Path) -> None:
         write_csv(pd.DataFrame(agg).T.rename_axis("figure"), agg_dir / f"seeds_{name}.csv")
         write_text(agg_dir / f"seeds_{name}.md", to_markdown(table) + f"\n{line}\n")
         write_text(agg_dir / f"seeds_{name}.tex", to_latex(table, caption=f"By {name}. {line}"))
+        if name in gaps:
+            print(recipe_gap_text(gaps[name], m, len(paths)))
+            write_csv(gaps[name], agg_dir / f"recipe_{name}.csv")
     write_text(agg_dir / "checkpoints.txt", "\n".join(str(p.resolve()) for p in paths) + "\n")
+
+
+def recipe_gaps(all_reports, per_cases) -> dict:
+    """{report name: frame of the recipe's own gap per class (gap, lo, hi, p, p_holm, seed_sd, the
+    pair, each model's own gap)}: Holm over every row of every frame (one screen)."""
+    from fairness.metrics import CLASSES, metric_view
+    from fairness.recipe import recipe_gap
+    from fairness.significance import holm
+
+    out = {}
+    for name, rep in all_reports[0].items():
+        metric, attr = rep.audit.metric, rep.audit.group_col
+        order = [g for g in rep.audit.table.index if g != "all"]
+        views = [metric_view(pc, metric) for pc in per_cases]
+        rows = {}
+        for part in CLASSES:
+            gap = recipe_gap(views, attr, metric=part, order=order, measure=metric)
+            if gap["first"] is not None:        # each model's own gap between the same two groups
+                means = [v.groupby(attr)[part].mean() for v in views]
+                gap["models"] = ", ".join(f"{metric.scale * (m.get(gap['first']) - m.get(gap['second'])):+.1f}"
+                                          for m in means)
+            rows[part] = gap
+        out[name] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
+    cells = [(name, part) for name, frame in out.items() for part in frame.index]
+    for (name, part), value in zip(cells, holm([out[n].loc[p, "p"] for n, p in cells])):
+        out[name].loc[part, "p_holm"] = value
+    for frame in out.values():
+        frame["holm_family"] = sum(1 for n, p in cells if pd.notna(out[n].loc[p, "p"]))
+    return out
+
+
+def recipe_gap_text(frame: pd.DataFrame, metric, runs: int) -> str:
+    """The recipe's own gap, one line per class, beside each model's own."""
+    from fairness.report import format_p
+
+    lines = [f"this RECIPE's own gap ({runs} runs: the seeds and the test cases are the sample; "
+             f"{metric.label} {metric.unit}; Holm over the {int(frame['holm_family'].iloc[0])} recipe gaps of this screen):"]
+    for part, r in frame.iterrows():
+        if pd.isna(r["gap"]):
+            continue
+        interval = f" [{r['lo']:+.1f}, {r['hi']:+.1f}]" if pd.notna(r["lo"]) else ""
+        test = (f"p {format_p(r['p'])}, Holm {format_p(r['p_holm'])}, seed SD {r['seed_sd']:.1f}" if pd.notna(r["p"])
+                else r["note"])
+        lines.append(f"  {part}: {r['first']} − {r['second']} {r['gap']:+.1f}{interval} ({test}); each model's own: "
+                     f"{r.get('models', '-')}")
+    return "\n".join(lines)
 
 
 def discovery_families(args) -> tuple:

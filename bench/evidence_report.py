@@ -123,26 +123,34 @@ def run_frames(folder: Path, runs: pd.DataFrame) -> dict[str, list[pd.DataFrame]
                      for s in sorted(r["seed"])] for method, r in runs.groupby("method", sort=False)}
 
 
-def paired(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
-    """Paired Δ of `part`'s Dice against the baseline over the same test cases, Holm over the methods
-    (fairness_matrix.paired_by_class, what the matrix prints)."""
-    from fairness_matrix import paired_by_class
+def recipe_deltas(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
+    """Each recipe's Δ of `part`'s Dice against the baseline's, with the seeds as the unit
+    (fairness_matrix.deltas_by_class: every statistic, p raw; the tables below Holm them as one family)."""
+    from fairness_matrix import deltas_by_class
 
     frames = run_frames(folder, runs)
     if "baseline" not in frames or len(frames) < 2:
         return pd.DataFrame()
-    deltas = paired_by_class(frames, attribute, part)
-    deltas["seeds"] = [len(frames[m]) for m in deltas.index]
-    return deltas
+    return deltas_by_class(frames, attribute, part)
 
 
-def delta_cell(deltas: pd.DataFrame, method: str, stat: str = "sd", digits: int = 2) -> str:
+def delta_cell(deltas: pd.DataFrame, method: str, stat: str, holm_p: float, digits: int = 2) -> str:
+    """'+0.31 [-0.52, +1.14] p 0.412 (Holm 1.000)', or '-'."""
     if method not in deltas.index or pd.isna(deltas.loc[method].get(f"delta_{stat}", np.nan)):
         return "-"
     row = deltas.loc[method]
-    holm = row["p_holm"] if stat == "sd" else row["p_holm_mean"] if stat == "mean" else row[f"p_{stat}"]
+    if pd.isna(row[f"p_{stat}"]):
+        return f"{row[f'delta_{stat}']:+.{digits}f} (one run: no test)"
     return (f"{row[f'delta_{stat}']:+.{digits}f} [{row[f'delta_{stat}_lo']:+.{digits}f}, "
-            f"{row[f'delta_{stat}_hi']:+.{digits}f}] p {format_p(holm)}")
+            f"{row[f'delta_{stat}_hi']:+.{digits}f}] p {format_p(row[f'p_{stat}'])} (Holm {format_p(holm_p)})")
+
+
+def gap_cell(gap: dict, holm_p: float) -> str:
+    if pd.isna(gap["gap"]):
+        return "-"
+    if pd.isna(gap["p"]):
+        return f"{gap['gap']:+.1f} (one run: no test)"
+    return f"{gap['gap']:+.1f} [{gap['lo']:+.1f}, {gap['hi']:+.1f}] p {format_p(gap['p'])} (Holm {format_p(holm_p)})"
 
 
 def study_form(runs: pd.DataFrame, groups: list) -> pd.DataFrame:
@@ -161,16 +169,31 @@ def study_form(runs: pd.DataFrame, groups: list) -> pd.DataFrame:
 
 
 def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.DataFrame:
-    """The claim on the planted class `part`: its gap (seed-pooled gap-test p), the paired Δ of its
-    SD and of the mean Dice's SD against the baseline (Holm), and the twin effect on it."""
-    deltas, deltas_mean = paired(folder, runs, attribute, part), paired(folder, runs, attribute, "mean")
+    """The claims on the planted class `part`, every one with the seeds as the unit (fairness/recipe.py):
+    each method's own gap (first minus second group for two groups, best minus worst otherwise; Holm
+    over the methods' gaps: is each recipe biased?), and against the baseline its Δ part SD, Δ
+    mean-Dice SD and Δ mean Dice (Holm over the table's Δ: one family), the detectable Δ part SD, and
+    the twin effect."""
+    from fairness.recipe import recipe_gap
+    from fairness.significance import holm
+
+    frames = run_frames(folder, runs)
+    deltas, deltas_mean = recipe_deltas(folder, runs, attribute, part), recipe_deltas(folder, runs, attribute, "mean")
+    gaps = {m: recipe_gap(f, attribute, metric=part, order=ORDER[attribute]) for m, f in frames.items()}
+    pick = {"gap": lambda m: gaps[m]["p"], "sd": lambda m: deltas.loc[m, "p_sd"],
+            "mean sd": lambda m: deltas_mean.loc[m, "p_sd"], "mean": lambda m: deltas_mean.loc[m, "p_mean"]}
+    adjusted = {}
+    for family in ([("gap", m) for m in gaps], [(key, m) for key in ("sd", "mean sd", "mean") for m in deltas.index]):
+        adjusted.update(zip(family, holm([pick[k](m) for k, m in family])))
     rows = {}
     for method, r in runs.groupby("method", sort=False):
-        test = pooled_test(folder, method, r["seed"].tolist(), attribute)
-        row = {f"{part} gap": f"{pm(r[f'{part} gap'])} (p {format_p(test[f'{part} p'])})",
-               f"Δ {part} SD vs baseline": delta_cell(deltas, method),
-               "Δ mean-Dice SD vs baseline": delta_cell(deltas_mean, method),
-               "Δ mean Dice vs baseline": delta_cell(deltas_mean, method, "mean", 1)}
+        row = {"seeds": len(r), f"{part} gap (recipe)": gap_cell(gaps[method], adjusted[("gap", method)]),
+               f"Δ {part} SD vs baseline": delta_cell(deltas, method, "sd", adjusted.get(("sd", method))),
+               "Δ mean-Dice SD vs baseline": delta_cell(deltas_mean, method, "sd", adjusted.get(("mean sd", method))),
+               "Δ mean Dice vs baseline": delta_cell(deltas_mean, method, "mean", adjusted.get(("mean", method)), 1),
+               f"detectable Δ {part} SD": (f"{deltas.loc[method, 'detectable_sd']:.2f}"
+                                          if method in deltas.index and pd.notna(deltas.loc[method, "detectable_sd"])
+                                          else "-")}
         if f"twin effect {part}" in r:
             row[f"twin effect ({part})"] = pm(r[f"twin effect {part}"])
         if "affected" in r:
@@ -178,19 +201,26 @@ def evidence(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> pd.
         rows[name(method)] = row
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "method"
+    out.attrs["family"] = sum(1 for (k, _), v in adjusted.items() if k != "gap" and pd.notna(v))
+    out.attrs["gap_family"] = sum(1 for (k, _), v in adjusted.items() if k == "gap" and pd.notna(v))
     return out
 
 
 def hidden_table(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """FairDRO's own claim on the `hidden` preset: worst group, within-group CVaR, the hidden members."""
-    deltas = paired(folder, runs, "sex", "mean")
+    """FairDRO's own claim on the `hidden` preset: worst group, within-group CVaR, the hidden members;
+    the Δ worst group with the seeds as the unit (Holm over the methods)."""
+    from fairness.significance import holm
+
+    deltas = recipe_deltas(folder, runs, "sex", "mean")
+    adjusted = dict(zip(deltas.index, holm(deltas["p_worst"].tolist()))) if len(deltas) else {}
     rows = {}
     for method, r in runs.groupby("method", sort=False):
         rows[name(method)] = {"seeds": len(r), "mean": pm(r["mean"]), "worst group": pm(r["worst"]),
                               "worst CVaR20": pm(r["worst CVaR20"]), "ES-Dice": pm(r["ES-Dice"]),
                               "hidden members": pm(r["affected"]) if "affected" in r else "-",
                               "twin effect (members)": pm(r["twin effect mean"]) if "twin effect mean" in r else "-",
-                              "Δ worst group vs baseline": delta_cell(deltas, method, "worst", 1)}
+                              "Δ worst group vs baseline": delta_cell(deltas, method, "worst", adjusted.get(method),
+                                                                      1)}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "method"
     return out
@@ -208,11 +238,12 @@ def hidden_members(folder: Path) -> set:
 
 def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", attribute: str = "sex") -> pd.DataFrame:
     """FairDRO's three claims against the baseline on the same test cases: the worst group's Dice, the
-    hidden members' Dice and the tail (CVaR20) of the group that holds them; paired Δ (method −
-    baseline, each the mean over its seeds), bootstrap CI, swap p, Holm over the three."""
-    from fairness.paired import paired_cvar, paired_delta
+    hidden members' Dice and the tail (CVaR20) of the group that holds them; each Δ (method − baseline,
+    each the mean over its seeds) with the seeds as the unit (fairness/recipe.py: Welch across seeds,
+    the test cases' sampling added), Holm over the three."""
+    from fairness.recipe import recipe_delta, recipe_delta_of
     from fairness.significance import holm
-    from fairness.tails import cvar
+    from fairness.tails import cvar, tail_size
 
     def frames(m):
         seeds = sorted(runs.loc[runs["method"] == m, "seed"])
@@ -225,9 +256,15 @@ def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", at
     group = base[0].loc[base[0]["case_id"].isin(held), attribute].iloc[0]
     group_ids = sorted(base[0].loc[base[0][attribute] == group, "case_id"])
     on = lambda fs, ids: [f[f["case_id"].isin(ids)] for f in fs]   # noqa: E731
-    worst = paired_delta(base, other, attribute, order=ORDER.get(attribute))
-    inside = paired_delta(on(base, held), on(other, held), attribute)
-    tail = paired_cvar(base, other, group_ids, alpha=0.2)
+    worst = recipe_delta(base, other, attribute, order=ORDER.get(attribute))
+    member_means = lambda v: v.mean(axis=-1)   # noqa: E731
+    values = lambda fs, ids: np.stack([f.set_index("case_id").loc[ids, "mean"].to_numpy(float) for f in fs])  # noqa: E731
+    inside = {k: 100 * v if k in ("delta", "lo", "hi") else v
+              for k, v in recipe_delta_of(member_means, values(base, held), values(other, held)).items()}
+    k_tail = tail_size(len(group_ids), 0.2)
+    tail_of = lambda v: np.sort(v, axis=-1)[..., :k_tail].mean(axis=-1)   # noqa: E731  the CVaR20 of each run
+    tail = {k: 100 * v if k in ("delta", "lo", "hi") else v
+            for k, v in recipe_delta_of(tail_of, values(base, group_ids), values(other, group_ids)).items()}
 
     def level(fs, ids, how):
         return pd.Series([how(f[f["case_id"].isin(ids)]) for f in fs])
@@ -235,10 +272,8 @@ def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", at
     claims = [
         (f"worst group ({len(test)} cases)", worst["delta_worst"], worst["delta_worst_lo"], worst["delta_worst_hi"],
          worst["p_worst"]),
-        (f"hidden members ({len(held)} {group} test cases)", inside["delta_mean"], inside["delta_mean_lo"],
-         inside["delta_mean_hi"], inside["p_mean"]),
-        (f"CVaR20 of the {group} cases ({len(group_ids)})", tail["delta_cvar"], tail["delta_cvar_lo"],
-         tail["delta_cvar_hi"], tail["p_cvar"])]
+        (f"hidden members ({len(held)} {group} test cases)", inside["delta"], inside["lo"], inside["hi"], inside["p"]),
+        (f"CVaR20 of the {group} cases ({len(group_ids)})", tail["delta"], tail["lo"], tail["hi"], tail["p"])]
     levels = {
         0: lambda fs: pd.Series([100 * f.groupby(attribute)["mean"].mean().min() for f in fs]),
         1: lambda fs: level(fs, held, lambda g: 100 * g["mean"].mean()),
@@ -252,6 +287,53 @@ def fairdro_claims(folder: Path, runs: pd.DataFrame, method: str = "fairdro", at
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "claim"
     return out
+
+
+# SPEC §1's table: the study's SD of the group mean Dice, the baseline's and each method's (sex, age)
+STUDY_SD = {"sex": {"baseline": 2.32, "fairmeta": 1.55, "stratified": 1.20, "resm": 0.75, "unet": 0.80,
+                    "vnet": 1.25, "attention_unet": 0.40},
+            "age": {"baseline": 3.22, "fairmeta": 3.24, "stratified": 3.33, "resm": 2.52, "unet": 0.88,
+                    "vnet": 2.73, "attention_unet": 1.66}}
+
+
+def seeds_for_study(folder: Path, runs: pd.DataFrame, attribute: str) -> pd.DataFrame:
+    """Seeds per method our matrix budget needs to detect each of the study's SD claims (its Δ SD
+    against its baseline) with 80 % power at 5 %, from the between-seed spread of the per-run SD
+    measured here (the baseline's and the method's, from their runs) and the test cases' part of
+    this comparison (fairness.recipe.seeds_needed); and the smallest Δ SD that unlimited seeds would
+    detect on these test cases (their own part alone)."""
+    from fairness.recipe import detectable_delta, seeds_needed
+
+    frames = run_frames(folder, runs)
+    deltas = recipe_deltas(folder, runs, attribute, "mean")
+    rows = {}
+    base_sd = deltas["seed_sd_sd"].iloc[0] if len(deltas) else np.nan
+    for method, study in STUDY_SD[attribute].items():
+        if method == "baseline" or method not in frames:
+            continue
+        target = abs(study - STUDY_SD[attribute]["baseline"])
+        row = deltas.loc[method] if method in deltas.index else None
+        if row is None:
+            continue
+        # the two methods' between-seed SDs of the per-run SD, and the case part of this comparison
+        own = pd.Series([run_sd(f, attribute) for f in frames[method]]).std(ddof=1)
+        base = pd.Series([run_sd(f, attribute) for f in frames["baseline"]]).std(ddof=1)
+        case_var = max(row["se_sd"] ** 2 - base ** 2 / len(frames["baseline"]) - own ** 2 / len(frames[method]), 0.0)
+        needed = seeds_needed(base, own, case_var, target)
+        rows[name(method)] = {"study's SD (baseline → method)": f"{STUDY_SD[attribute]['baseline']:.2f} → {study:.2f}",
+                              "|Δ SD|": f"{target:.2f}", "seed SD of SD here (baseline, method)": f"{base:.2f}, {own:.2f}",
+                              "test cases' part (SD)": f"{case_var ** 0.5:.2f}",
+                              "detectable with unlimited seeds": f"{detectable_delta(case_var ** 0.5, 1e6, estimated=False):.2f}",
+                              "seeds per method": "none: more test cases" if needed == np.inf else f"{needed:.0f}"}
+    del base_sd
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def run_sd(per_case: pd.DataFrame, attribute: str) -> float:
+    """One run's SD (ddof 0) of the group mean Dice, in points."""
+    return 100 * float(per_case.groupby(attribute)["mean"].mean().std(ddof=0))
 
 
 def real_table(folder: Path) -> pd.DataFrame:
@@ -284,10 +366,22 @@ def real_table(folder: Path) -> pd.DataFrame:
     return out
 
 
-def paired_seeds(runs: pd.DataFrame) -> str:
-    """Which seeds the paired Δ columns cover: every seed each method has."""
+def recipe_note(runs: pd.DataFrame, family: int | None = None, gap_family: int | None = None) -> str:
+    """What the gap and Δ columns answer: the recipe question, over which seeds, Holm over what."""
     counts = sorted(set(runs.groupby("method")["seed"].size()))
-    return f"paired Δ over {' or '.join(map(str, counts))} seed(s) per method, the mean over seeds on each side"
+    holm = (f"; Holm over the table's {gap_family} recipe gaps, and over its {family} Δ" if family else "")
+    return (f"each recipe's gap and Δ with the seeds as the unit ({' or '.join(map(str, counts))} seeds per method; "
+            f"Welch across seeds with the test cases' own sampling added, fairness/recipe.py){holm}")
+
+
+def evidence_parts(folder: Path, runs: pd.DataFrame, attribute: str, part: str) -> list[str]:
+    table = evidence(folder, runs, attribute, part)
+    parts = [to_markdown(table), recipe_note(runs, table.attrs.get("family"), table.attrs.get("gap_family")) + "\n"]
+    seeds = seeds_for_study(folder, runs, attribute)
+    if len(seeds):
+        parts += [f"Seeds per method to detect the study's own SD claims by {attribute} (80 % power at 5 %) at this "
+                  "budget, from the spreads measured here:", to_markdown(seeds)]
+    return parts
 
 
 def class_tradeoff(folder: Path, runs: pd.DataFrame, attribute: str, part: str, path: Path) -> None:
@@ -320,19 +414,18 @@ def sections(args) -> list[str]:
             runs = read_runs(folder)
             out += [f"### {title}: `poor_protocol_female` ({seeds_line(runs)})",
                     to_markdown(study_form(runs, ["male", "female"])),
-                    to_markdown(evidence(folder, runs, "sex", "kidney")), paired_seeds(runs) + "\n"]
+                    *evidence_parts(folder, runs, "sex", "kidney")]
     if args.sex and args.figure:
         class_tradeoff(args.sex, read_runs(args.sex), "sex", "kidney", args.figure)
     if args.age:
         runs = read_runs(args.age)
         groups = [c for c in ("[0,50)", "[50,60)", "[60,70)", ">=70") if c in runs]
         out += [f"### Age: `small_tumors_young` ({seeds_line(runs)})",
-                to_markdown(study_form(runs, groups)), to_markdown(evidence(args.age, runs, "age", "tumor")),
-                paired_seeds(runs) + "\n"]
+                to_markdown(study_form(runs, groups)), *evidence_parts(args.age, runs, "age", "tumor")]
     if args.hidden:
         runs = read_runs(args.hidden)
         out += [f"### Hidden failure: `hidden_female` ({seeds_line(runs)})", to_markdown(hidden_table(args.hidden, runs)),
-                paired_seeds(runs) + "\n"]
+                recipe_note(runs) + "\n"]
     if args.hidden_casemix:
         runs = read_runs(args.hidden_casemix)
         out += [f"### Hidden case mix: `hidden_small_tumors_female` ({seeds_line(runs)})",

@@ -32,10 +32,12 @@ same draws), Dice(twin) - Dice(case) averaged: what the mechanism costs that mod
 
 After the runs: summary (mean +- std over seeds, and each method's mean Dice as a share of the
 baseline's: a mitigation that kills the segmenter is "fair" and useless), then
-`evaluate.py --compare OUT/runs/* --baseline baseline` (side-by-side table, paired Δ with bootstrap
-CIs and Holm p-values, the trade-off figure, in OUT/compare), and the same paired Δ on kidney and
-tumor Dice alone (a planted bias may act on one class). Writes runs.csv, summary.csv/md,
-paired_kidney.csv/md, paired_tumor.csv/md and compare/ under --out.
+`evaluate.py --compare OUT/runs/* --baseline baseline` (side-by-side table, each recipe's own gap and
+its Δ against the baseline with the seeds as the unit, Holm over the screen, the trade-off figure,
+in OUT/compare), and the same recipe-level Δ on kidney and tumor Dice alone (a planted bias may act
+on one class). Writes runs.csv, summary.csv/md, recipe_kidney.csv/md, recipe_tumor.csv/md and
+compare/ under --out. The A/A control (`baseline_aa`: the baseline's recipe on seeds K + 100) is a
+method like the others: a recipe-level test must find nothing there.
 
 With --keep DIR (procedural cohorts only), the evidence behind the tables is also copied to DIR, in
 --out's own layout so that bench/evidence_report.py reads either: runs.csv (runs_<attr>.csv), each
@@ -61,9 +63,9 @@ sys.path.insert(0, str(ROOT))
 from _common import run_logged  # noqa: E402
 from config import load_config  # noqa: E402
 from fairness.audit import audit_groups  # noqa: E402
-from fairness.paired import paired_delta  # noqa: E402
+from fairness.recipe import recipe_delta  # noqa: E402
 from fairness.significance import holm  # noqa: E402
-from fairness.report import paired_display, to_markdown  # noqa: E402
+from fairness.report import to_markdown  # noqa: E402
 
 ATTRIBUTE_ORDER = {"sex": ["male", "female"], "age": None}
 
@@ -90,6 +92,9 @@ METHODS = {
     "resm_2x": "resm_ATTR.yaml",                               # lever: the study's min target for twice the epochs
     "fairdro_study": "fairdro_ATTR.yaml fairness.dro.warmup=0.0",            # DRO from the first step
     "dro_only_study": "fairdro_sex_dro_only.yaml fairness.attribute=ATTR fairness.dro.warmup=0.0",
+    # the A/A control: the baseline's recipe trained on other seeds (train.seed = seed + SEED_OFFSET),
+    # compared with the baseline as any method is: a recipe-level test must find nothing here
+    "baseline_aa": "baseline_nnunet.yaml",
 }
 DEFAULT_METHODS = ["baseline", "resm", "stratified", "fairmeta", "fairdro", "dmoe_only", "dro_only",
                    "plain_moe_dro", "unet", "vnet", "attention_unet"]
@@ -102,6 +107,8 @@ BATCH_OVERRIDES = {("stratified", "age"): ["train.batch_size=4"]}
 # takes fewer steps than the baseline (sex 1040 of 1280, age 640). nnU-Net's epochs are a fixed number
 # of iterations, so the study's RESM did not; this variant gives it twice the epochs.
 EPOCH_FACTOR = {"resm_2x": 2}
+# the A/A control's runs are seeds the baseline never uses: runs/baseline_aa/seedK trains train.seed K + 100
+SEED_OFFSET = {"baseline_aa": 100}
 
 
 def method_overrides(spec: str, attribute: str) -> list[str]:
@@ -135,7 +142,7 @@ def train_run(method: str, seed: int, args) -> Path:
     else:
         cmd = [sys.executable, "train.py", "--config", args.config, "--name", f"{method}/seed{seed}", "--no-progress"]
         batch = BATCH_OVERRIDES.get((method, args.attribute), [])
-        for s in (common_overrides(args, seed) + method_overrides(METHODS[method], args.attribute) + batch
+        for s in (common_overrides(args, seed + SEED_OFFSET.get(method, 0)) + method_overrides(METHODS[method], args.attribute) + batch
                   + [f"train.epochs={epochs}", f"eval.every={epochs}", steps_override(args, batch)]):
             cmd += ["--set", s]
         what = "training"
@@ -236,7 +243,7 @@ def _pm(mean: float, std: float, col: str) -> str:
 
 
 def compare_methods(args, methods: list[str]) -> Path:
-    """evaluate.py --compare over the method folders: the side-by-side table, the paired Δ against
+    """evaluate.py --compare over the method folders: the side-by-side table, the recipe-level Δ against
     the baseline with Holm's correction, and the trade-off figure (what a user runs on their own runs)."""
     out = args.out / "compare"
     cmd = [sys.executable, "evaluate.py", "--compare", *[args.out / "runs" / m for m in methods],
@@ -248,14 +255,34 @@ def compare_methods(args, methods: list[str]) -> Path:
     return out
 
 
-def paired_by_class(frames: dict[str, list[pd.DataFrame]], attribute: str, part: str) -> pd.DataFrame:
-    """Paired Δ against the baseline on one class's Dice (SD of the group means, mean), Holm over methods."""
-    rows = {m: paired_delta(frames["baseline"], runs, attribute, metric=part, order=ATTRIBUTE_ORDER.get(attribute))
+def deltas_by_class(frames: dict[str, list[pd.DataFrame]], attribute: str, part: str) -> pd.DataFrame:
+    """The recipe-level Δ against the baseline on one class's Dice (fairness/recipe.py: the seeds as the
+    unit; every statistic), one row per method, with the runs of each side, Holm over the methods x
+    (ΔSD, Δ mean): p_sd_holm, p_mean_holm. A method of one run, or a baseline of one, has NaN p's."""
+    rows = {m: recipe_delta(frames["baseline"], runs, attribute, metric=part, order=ATTRIBUTE_ORDER.get(attribute))
             for m, runs in frames.items() if m != "baseline"}
     deltas = pd.DataFrame.from_dict(rows, orient="index")
-    deltas["p_holm"] = holm(deltas["p_sd"].tolist())
-    deltas["p_holm_mean"] = holm(deltas["p_mean"].tolist())
+    adjusted = holm(deltas["p_sd"].tolist() + deltas["p_mean"].tolist())
+    deltas["p_sd_holm"], deltas["p_mean_holm"] = adjusted[:len(deltas)], adjusted[len(deltas):]
     return deltas
+
+
+def deltas_display(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Δ [CI] (Holm p) of the mean Dice and the SD, and the detectable ΔSD, per method."""
+    from fairness.report import format_p
+
+    def cell(row, s, digits):
+        if pd.isna(row[f"delta_{s}"]):
+            return "-"
+        interval = f" [{row[f'delta_{s}_lo']:+.{digits}f}, {row[f'delta_{s}_hi']:+.{digits}f}]" \
+            if pd.notna(row[f"delta_{s}_lo"]) else ""
+        return f"{row[f'delta_{s}']:+.{digits}f}{interval} (Holm p {format_p(row[f'p_{s}_holm'])})"
+
+    return pd.DataFrame({"runs": [f"{r['runs_method']} vs {r['runs_baseline']}" for _, r in deltas.iterrows()],
+                         "Δ mean Dice": [cell(r, "mean", 1) for _, r in deltas.iterrows()],
+                         "ΔSD": [cell(r, "sd", 2) for _, r in deltas.iterrows()],
+                         "detectable ΔSD": [f"{v:.2f}" if pd.notna(v) else "-" for v in deltas["detectable_sd"]]},
+                        index=deltas.index)
 
 
 def affected_cases(raw: Path) -> set[str]:
@@ -344,7 +371,7 @@ def write_table(frame: pd.DataFrame, stem: Path, header: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fairness_matrix")
-    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: the demo's)")
+    p.add_argument("--config", default="configs/matrix.yaml", help="the training recipe (default: configs/matrix.yaml, the demo's recipe of 2026-12-02)")
     p.add_argument("--attribute", default="sex", choices=sorted(ATTRIBUTE_ORDER))
     p.add_argument("--bias", type=Path, help="a bias file planted in the cohort (default: none)")
     p.add_argument("--raw", type=Path, help="train on this KiTS-layout cohort instead of a procedural one (e.g. "
@@ -413,11 +440,12 @@ def main(argv=None) -> int:
     if "baseline" in frames and len(frames) > 1:
         compare_methods(args, list(frames))
         for part in ("kidney", "tumor"):
-            deltas = paired_by_class(frames, args.attribute, part)
-            write_table(deltas, args.out / f"paired_{part}",
-                        f"{part} Dice, paired against the baseline over the same test cases (2000 bootstrap "
-                        f"resamples within groups, Δ of the means over seeds), Holm over {len(deltas)} methods")
-            print(f"\n{part} Dice against the baseline:\n{paired_display(deltas).to_string()}")
+            deltas = deltas_by_class(frames, args.attribute, part)
+            write_table(deltas, args.out / f"recipe_{part}",
+                        f"{part} Dice, each recipe against the baseline's with the seeds as the unit (Welch across "
+                        f"seeds, the test cases' sampling added), Holm over {len(deltas)} methods x (ΔSD, Δ mean)")
+            print(f"\n{part} Dice, THIS RECIPE against the baseline's (seeds as the sample):\n"
+                  f"{deltas_display(deltas).to_string()}")
     for attribute in args.also:
         extra = pd.DataFrame([run_row(r["method"], r["seed"], args.out / "runs" / r["method"] / f"seed{r['seed']}",
                                       attribute) for r in rows])

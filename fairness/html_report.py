@@ -254,7 +254,12 @@ def first_screen(context: ReportContext, audits, slices: pd.DataFrame | None, n_
                             f"{esc(r.get('searched', 'mean'))} {number(r['mean'])} against {number(r['rest_mean'])} for the rest "
                             f"(held-out Holm p {p_text(r['p_holm'])})</li>" for _, r in confirmed.head(5).iterrows())
             found = f"<p>Failing subgroups confirmed on held-out cases:</p><ul>{items}</ul>"
-    return (f"<section id='summary' class='first'><h2>What was audited</h2><dl>{facts}</dl>"
+    from fairness.recipe import THIS_MODEL
+
+    question = ("<p class='question'>A comparison of methods: with two or more runs (seeds) of every method, its "
+                "tables answer the recipe question, the seeds being the sample; with one run, only this model's.</p>"
+                if compare and not audits else f"<p class='question'>{esc(THIS_MODEL)}</p>")
+    return (f"<section id='summary' class='first'><h2>What was audited</h2><dl>{facts}</dl>{question}"
             f"<h2>Findings</h2><p class='note'>Each p is Holm-adjusted over the tests this audit printed "
             f"together (family-wise 5 %).</p><ul class='findings'>{findings}</ul>{found}</section>")
 
@@ -401,44 +406,82 @@ def slices_section(slices: pd.DataFrame | None, members: pd.DataFrame | None) ->
 
 
 def compare_section(folder: Path) -> str:
+    """The methods side by side, each recipe's own gap and the Δ against the baseline, each table
+    saying which question it answers: this recipe (seeds as the sample) or these models (the test
+    cases as the sample, when a method has one run)."""
+    from fairness.recipe import PRINTED_DELTAS
+
     paths = sorted(folder.glob("compare*.csv"))
     if not paths:
         return ""
     parts = []
     for path in paths:
         table = pd.read_csv(path, index_col=0)
+        attrs = [c[3:] for c in table.columns if c.startswith("sd_") and not c.endswith("_std")]
         shown = pd.DataFrame(index=table.index.astype(str))
         shown.index.name = "method"
-        for col in [c for c in table.columns if not c.endswith("_std") and not c.startswith(("pareto", "delta",
-                                                                                                 "p_", "seeds"))]:
+        shown["seeds"] = [number(v, 1, 0) for v in table["seeds"]]
+        for col in [*CLASS_PARTS, *(f"{f}_{a}" for a in attrs for f in ("sd", "ser"))]:
+            if col not in table:
+                continue
             digits = 1 if col in CLASS_PARTS else 2
             std = table.get(f"{col}_std")
             shown[col] = [number(v, 1, digits) + (f" ± {number(s, 1, digits)}" if std is not None and pd.notna(s) else "")
                           for v, s in zip(table[col], std if std is not None else [np.nan] * len(table))]
-        parts.append(f"<h3>{esc(path.stem)}</h3>" + table_html(shown))
-        deltas = [c for c in table.columns if c.startswith("delta_") and "_lo" not in c and "_hi" not in c]
-        if deltas:
-            d = pd.DataFrame(index=table.index.astype(str))
+        parts.append(f"<h3>{esc(path.stem)}: mean ± std over seeds</h3>" + table_html(shown))
+        for attr in attrs:
+            gaps = pd.DataFrame(index=table.index.astype(str))
+            gaps.index.name = "method"
+            for part in CLASS_PARTS:
+                key = f"recipe_gap_{part}_{{}}{attr}"
+                if key.format("") not in table:
+                    continue
+                gaps[f"{part} gap"] = [_recipe_cell(table, m, key.format(""), key.format("lo_"), key.format("hi_"),
+                                                    key.format("p_holm_")) for m in table.index]
+            if len(gaps.columns):
+                parts.append(f"<h3>Each recipe's own gap by {esc(attr)} (this recipe: the seeds and the test cases "
+                             "are the sample)</h3>" + table_html(gaps))
+        if "question" not in table:
+            continue
+        deltas = table[table["question"].notna()]
+        recipe = (deltas["question"] == "recipe").all()
+        for attr in attrs:
+            d = pd.DataFrame(index=deltas.index.astype(str))
             d.index.name = "method"
-            for c in deltas:     # delta_<statistic>[_<attribute>], its interval delta_<statistic>_lo[_<attribute>]
-                stat, _, attr = c[len("delta_"):].partition("_")
-                tail = f"_{attr}" if attr else ""
-                lo, hi = table.get(f"delta_{stat}_lo{tail}"), table.get(f"delta_{stat}_hi{tail}")
-                lo = lo if lo is not None else pd.Series(np.nan, table.index)
-                hi = hi if hi is not None else pd.Series(np.nan, table.index)
-                d[f"Δ {stat} {attr}".strip()] = [
-                    "-" if pd.isna(v) else f"{number(v, 1, 2)} [{number(a, 1, 2)}, {number(b, 1, 2)}]"
-                    for v, a, b in zip(table[c], lo, hi)]
-            holm = [c for c in table.columns if c.startswith("p_holm")]
-            for c in holm:
-                d[c.replace("p_holm", "Holm p")] = [p_text(v) for v in table[c]]
-            beyond = sorted({m for c in holm for m, v in table[c].items() if pd.notna(v) and v < ALPHA})
-            sentence = (f"Beyond noise after Holm: {', '.join(map(esc, beyond))}." if beyond
+            if recipe:
+                for part, stat in PRINTED_DELTAS:
+                    pre = "" if part == "mean" else f"{part}_"
+                    d[f"Δ {'' if part == 'mean' else part + ' '}{stat}"] = [
+                        _recipe_cell(deltas, m, f"{pre}delta_{stat}_{attr}", f"{pre}delta_{stat}_lo_{attr}",
+                                     f"{pre}delta_{stat}_hi_{attr}", f"{pre}p_{stat}_holm_{attr}") for m in deltas.index]
+                holm = [f"{'' if part == 'mean' else part + '_'}p_{stat}_holm_{attr}" for part, stat in PRINTED_DELTAS]
+                title = (f"This recipe against the baseline's, by {esc(attr)}: the seeds are the sample (Welch across "
+                         "seeds, the test cases' sampling added; Holm over the screen)")
+            else:
+                for stat in ("mean", "sd", "ser", "worst"):
+                    d[f"Δ {stat}"] = [_recipe_cell(deltas, m, f"model_delta_{stat}_{attr}", f"model_delta_{stat}_lo_{attr}",
+                                                   f"model_delta_{stat}_hi_{attr}", f"model_p_{stat}_holm_{attr}")
+                                      for m in deltas.index]
+                holm = [f"model_p_{stat}_holm_{attr}" for stat in ("mean", "sd")]
+                title = (f"These models against the baseline's, by {esc(attr)}: the test cases are the sample and the "
+                         "trained models fixed; not a claim about the recipes (a method has one run)")
+            beyond = sorted({m for c in holm if c in deltas for m, v in deltas[c].items() if pd.notna(v) and v < ALPHA})
+            sentence = (f"Beyond noise after Holm: {', '.join(map(esc, map(str, beyond)))}." if beyond
                         else "No difference from the baseline is beyond noise after Holm.")
-            parts.append("<h3>Paired against the baseline (same test cases)</h3>" + table_html(d) + f"<p>{sentence}</p>")
+            parts.append(f"<h3>{title}</h3>" + table_html(d) + f"<p>{sentence}</p>")
     for fig in sorted(folder.glob("tradeoff_*.png")):
         parts.append(image_html(figure_file(fig), fig.stem.replace("_", " "), "figure"))
     return section("compare", "Methods compared", "".join(parts))
+
+
+def _recipe_cell(table: pd.DataFrame, method, value: str, lo: str, hi: str, holm: str) -> str:
+    """'+1.2 [-0.3, +2.7] (Holm p 0.210)' from a compare.csv row, '-' where there is no value."""
+    v = table.loc[method].get(value, np.nan)
+    if pd.isna(v):
+        return "-"
+    a, b, p = (table.loc[method].get(c, np.nan) for c in (lo, hi, holm))
+    interval = f" [{a:+.2f}, {b:+.2f}]" if pd.notna(a) and pd.notna(b) else ""
+    return f"{v:+.2f}{interval}" + (f" (Holm p {p_text(p)})" if pd.notna(p) else " (no test)")
 
 
 def per_case_section(per_case: pd.DataFrame) -> str:

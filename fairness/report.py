@@ -255,12 +255,65 @@ def compare_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paired_display(deltas: pd.DataFrame, metric=DICE) -> pd.DataFrame:
-    """Δ [CI] strings per method (fairness.paired rows), with the Holm-corrected p of ΔSD."""
+STATISTIC_NAMES = {"mean": "mean {label}", "sd": "SD", "ser": "SER", "worst": "worst group", "gap": "gap"}
+
+
+def _delta_text(value, lo, hi, digits: int) -> str:
+    if pd.isna(value):
+        return "-"
+    return f"{value:+.{digits}f}" + (f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if pd.notna(lo) else "")
+
+
+def delta_display(deltas: pd.DataFrame, attr: str, metric=DICE, printed=(("mean", "mean"), ("mean", "sd"))) -> pd.DataFrame:
+    """The recipe-level Δ (seeds as the unit; fairness/recipe.py, audit/compare.delta_columns' columns)
+    as one row per method and printed (class, statistic): Δ [95% CI], p, its Holm over the screen,
+    the detectable Δ (80 % power at 5 %) and the between-seed SD of the per-run statistic."""
+    rows = []
+    for method in deltas.index:
+        r = deltas.loc[method]
+        for part, s in printed:
+            pre = "" if part == "mean" else f"{part}_"
+            digits = 2 if s in ("sd", "ser") else 1
+            name = STATISTIC_NAMES[s].format(label=metric.label)
+            what = f"Δ {name}" if part == "mean" else f"Δ {part} {name}"
+            row = {"method": method, "runs": f"{int(r['runs'])} vs {int(r['baseline_runs'])}", "Δ of": what,
+                   "Δ [95% CI]": _delta_text(r.get(f"{pre}delta_{s}_{attr}"), r.get(f"{pre}delta_{s}_lo_{attr}"),
+                                             r.get(f"{pre}delta_{s}_hi_{attr}"), digits),
+                   "p": format_p(r.get(f"{pre}p_{s}_{attr}")), "Holm": format_p(r.get(f"{pre}p_{s}_holm_{attr}")),
+                   "detectable": "-" if pd.isna(r.get(f"{pre}detectable_{s}_{attr}")) else
+                   f"{r[f'{pre}detectable_{s}_{attr}']:.{digits}f}",
+                   "seed SD": "-" if pd.isna(r.get(f"{pre}seed_sd_{s}_{attr}")) else
+                   f"{r[f'{pre}seed_sd_{s}_{attr}']:.{digits}f}"}
+            needed = r.get(f"{pre}seeds_for_{s}_{attr}")
+            if needed is not None:
+                row["seeds for --detect"] = "-" if pd.isna(needed) else ("none: more test cases" if needed == math.inf
+                                                                          else f"{int(needed)}")
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", "Δ of"])
+
+
+def model_delta_display(deltas: pd.DataFrame, attr: str, metric=DICE) -> pd.DataFrame:
+    """This model's Δ (the cases as the sample, the models fixed; fairness/paired.py), from the
+    model_* columns of audit/compare.delta_columns: Δ [CI] per statistic, the Holm p of Δ mean and ΔSD."""
     out = pd.DataFrame(index=deltas.index)
     for s, title, digits in (("mean", f"Δ mean {metric.label}", 1), ("sd", "ΔSD", 2), ("ser", "ΔSER", 2),
                              ("worst", "Δ worst", 1)):
-        out[title] = [f"{v:+.{digits}f} " + (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if pd.notna(lo) else "")
+        out[title] = [_delta_text(v, lo, hi, digits) for v, lo, hi in
+                      zip(deltas[f"model_delta_{s}_{attr}"], deltas[f"model_delta_{s}_lo_{attr}"],
+                          deltas[f"model_delta_{s}_hi_{attr}"])]
+    out["p ΔSD (Holm)"] = [format_p(p) for p in deltas[f"model_p_sd_holm_{attr}"]]
+    out["p Δ mean (Holm)"] = [format_p(p) for p in deltas[f"model_p_mean_holm_{attr}"]]
+    out.index.name = "method"
+    return out
+
+
+def paired_display(deltas: pd.DataFrame, metric=DICE) -> pd.DataFrame:
+    """Δ [CI] strings per method (fairness.paired rows: this model's comparison), with the
+    Holm-corrected p of ΔSD and Δ mean (columns p_holm, p_holm_mean)."""
+    out = pd.DataFrame(index=deltas.index)
+    for s, title, digits in (("mean", f"Δ mean {metric.label}", 1), ("sd", "ΔSD", 2), ("ser", "ΔSER", 2),
+                             ("worst", "Δ worst", 1)):
+        out[title] = [_delta_text(v, lo, hi, digits)
                       for v, lo, hi in zip(deltas[f"delta_{s}"], deltas[f"delta_{s}_lo"], deltas[f"delta_{s}_hi"])]
     out["p ΔSD (Holm)"] = [format_p(p) for p in deltas["p_holm"]]
     out["p Δ mean (Holm)"] = [format_p(p) for p in deltas["p_holm_mean"]]

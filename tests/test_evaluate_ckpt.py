@@ -126,14 +126,17 @@ def test_compare_against_a_baseline_gives_paired_deltas_and_refuses_other_case_s
     assert evaluate.main(["--compare", str(pair), str(twin), "--baseline", "pair", "--group", "sex",
                           "--out", str(tmp_path / "cmp"), "--source", "train", "--n-boot", "200"]) == 0
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv", index_col=0)
-    for column in ("delta_mean", "delta_mean_lo", "delta_mean_hi", "delta_sd", "delta_ser", "delta_worst"):
+    for column in ("delta_mean", "delta_sd", "delta_ser", "delta_worst", "delta_gap", "model_delta_mean_sex",
+                   "model_delta_mean_lo_sex", "model_delta_mean_hi_sex"):
         assert table.loc["twin", column] == 0.0
-    assert table.loc["twin", "p_holm_mean"] == 1.0 and "delta_sd_sex" in table.columns
-    # the test split has one female case: SD, SER and worst get no interval and no p from it
-    assert table.loc["twin", ["delta_sd_lo", "delta_sd_hi", "p_sd", "p_holm"]].isna().all()
-    assert "against pair, by sex (paired over the same test cases" in capsys.readouterr().out
+    assert table.loc["twin", "model_p_mean_holm_sex"] == 1.0 and "delta_sd_sex" in table.columns
+    # two seeds a side, the same runs on both: the recipe-level Δ is 0 with p 1
+    assert table.loc["twin", "question"] == "recipe" and table.loc["twin", "p_mean_sex"] == pytest.approx(1.0)
+    # the test split has one female case: SD, SER and worst get no model-level interval and no p from it
+    assert table.loc["twin", ["model_delta_sd_lo_sex", "model_delta_sd_hi_sex", "model_p_sd_sex"]].isna().all()
+    assert "THIS RECIPE against pair's, by sex: the seeds are the sample" in capsys.readouterr().out
     page = (tmp_path / "cmp" / "report.html").read_text()       # the comparison as a page
-    assert "id='compare'" in page and "Paired against the baseline" in page and "tradeoff sex" in page
+    assert "id='compare'" in page and "This recipe against the baseline" in page and "tradeoff sex" in page
     assert "No difference from the baseline is beyond noise after Holm." in page
     # a method scored on other cases cannot be paired
     other = pd.read_csv(twin / "seed0" / "eval" / "per_case.csv")

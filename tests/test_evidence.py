@@ -72,8 +72,8 @@ def test_kept_tables_hold_every_per_case_table_and_the_planted_cases(matrix_fold
     assert not list(kept.rglob("*.pt")) and not (kept / "raw").exists()
 
 
-def test_evidence_report_computes_the_paired_delta_from_the_kept_tables(matrix_folder, monkeypatch):
-    from fairness.paired import paired_delta
+def test_evidence_report_computes_the_recipe_delta_from_the_kept_tables(matrix_folder, monkeypatch):
+    from fairness.recipe import recipe_delta, recipe_gap
 
     _, out, kept = matrix_folder
     shutil.rmtree(out)                                   # nothing but the kept tables
@@ -82,9 +82,13 @@ def test_evidence_report_computes_the_paired_delta_from_the_kept_tables(matrix_f
     frames = report.run_frames(kept, runs)
     assert [len(f) for f in frames.values()] == [2, 2]
     table = report.evidence(kept, runs, "sex", "kidney")
-    direct = paired_delta(frames["baseline"], frames["resm"], "sex", metric="kidney", order=["male", "female"])
+    direct = recipe_delta(frames["baseline"], frames["resm"], "sex", metric="kidney", order=["male", "female"])
     cell = table.loc["RESM", "Δ kidney SD vs baseline"]
-    assert cell.startswith(f"{direct['delta_sd']:+.2f} [{direct['delta_sd_lo']:+.2f}, {direct['delta_sd_hi']:+.2f}]")
+    assert cell.startswith(f"{direct['delta_sd']:+.2f} [{direct['delta_sd_lo']:+.2f}, {direct['delta_sd_hi']:+.2f}] "
+                           f"p {direct['p_sd']:.3f}")
+    gap = recipe_gap(frames["resm"], "sex", metric="kidney", order=["male", "female"])
+    assert table.loc["RESM", "kidney gap (recipe)"].startswith(f"{gap['gap']:+.1f} [{gap['lo']:+.1f}, {gap['hi']:+.1f}]")
+    assert table.attrs["family"] == 3 and table.attrs["gap_family"] == 2   # Δ kidney SD, Δ SD, Δ mean; two gaps
     # the study form: mean Dice over the two seeds, each the mean of 12 cases
     means = [100 * per_case(s, 0.0)["mean"].mean() for s in (0, 1)]
     assert report.study_form(runs, ["male", "female"]).loc["nnU-Net baseline", "mean"] == \
