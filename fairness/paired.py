@@ -6,7 +6,9 @@ a paired bootstrap: the cases are resampled within their groups, and the same re
 to every run of both methods, so what the cases have in common cancels.
 
 The p-value tests H0: "on every case, the method's runs and the baseline's are exchangeable" (the
-method makes no difference), by the exact method-label swap: each case's baseline and method runs
+method makes no difference), by the exact method-label swap (for Δ mean, the interval is the one that
+inverts it, so the two agree; for SD, SER and worst the interval is the paired bootstrap's and the
+swap p is the verdict: they can disagree near the edge): each case's baseline and method runs
 trade places with probability 1/2 (a sign flip per case), B times, and p = (1 + #{|Δ*| >= |Δ|}) /
 (1 + B), two-sided. A swap whose statistic is undefined (SER inf - inf) counts as extreme, so no
 draw is dropped. With unequal run counts the swap acts on the per-case means over runs
@@ -123,8 +125,44 @@ def paired_delta(baseline: Sequence[pd.DataFrame], method: Sequence[pd.DataFrame
             null = np.abs(swapped[s])
             extreme = ~np.isfinite(null) | (null >= abs(observed) * (1 - 1e-12) - 1e-15)
             p = float((1 + extreme.sum()) / (1 + null.size))
+        if s == "mean" and usable:   # one procedure: the swap test, and the interval that inverts it
+            p, lo, hi = _mean_swap(base, meth, int(n_boot), rng, level)
         row[f"delta_{s}_lo"], row[f"delta_{s}_hi"], row[f"p_{s}"] = float(scale * lo), float(scale * hi), p
     return row
+
+
+def _mean_swap(base: np.ndarray, meth: np.ndarray, n_swap: int, rng: np.random.Generator, level: float):
+    """(p, lo, hi) of Δ mean by the per-case swap (a sign flip of each case's run-averaged difference
+    d_i) and the interval that inverts it: every δ whose shifted differences d_i - δ the swap does not
+    reject. So the interval excludes 0 exactly when p < 1 - level (issue 42: the bootstrap interval of
+    Δ mean excluded 0 in 6.4-7.9 % of null comparisons while the swap p rejected 4.5 %)."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = np.nanmean(meth, axis=0) - np.nanmean(base, axis=0)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan, math.nan, math.nan
+    flips = np.where(rng.random((n_swap, d.size)) < 0.5, -1.0, 1.0)
+
+    def p_of(delta: float) -> float:
+        shifted = d - delta
+        observed = abs(shifted.mean())
+        null = np.abs(flips @ shifted) / d.size
+        return float((1 + np.sum(null >= observed * (1 - 1e-12) - 1e-15)) / (1 + n_swap))
+
+    centre, reach = float(d.mean()), 2 * float(np.abs(d - d.mean()).max())
+    alpha = 1 - level
+    if reach == 0:             # every case moved by the same amount: the swap cannot tell, the Δ is known
+        return p_of(0.0) if centre != 0 else 1.0, centre, centre
+
+    def edge(direction: float) -> float:
+        inside, outside = centre, centre + direction * reach
+        for _ in range(50):
+            middle = (inside + outside) / 2
+            inside, outside = (middle, outside) if p_of(middle) >= alpha else (inside, middle)
+        return inside
+
+    return p_of(0.0), edge(-1.0), edge(1.0)
 
 
 def _swap_deltas(base: np.ndarray, meth: np.ndarray, onehot: np.ndarray, better: bool, n_swap: int,

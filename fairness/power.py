@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from fairness.welch import group_moments, pooled_variance, scored_values, welch_dof
+from fairness.welch import group_moments, scored_values, test_variances, welch_dof
 
 
 def minimum_detectable_gap(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean", order=None,
@@ -33,9 +33,11 @@ def minimum_detectable_gap(per_case: pd.DataFrame, group_col: str, *, metric: st
     counts = np.bincount(codes, minlength=len(groups))
     if len(groups) < 2 or np.sort(counts)[-2] < 2:
         return math.nan
-    if spreads is None:
-        pooled = pooled_variance(values, codes, len(groups))
-        sds = [values[codes == i].std(ddof=1) if counts[i] >= 2 else math.sqrt(pooled) for i in range(len(groups))]
+    if spreads is None:   # the spreads the gap test uses: tied groups pooled, a smaller group floored
+        variances, _ = test_variances(values, codes, len(groups), floor=len(groups) == 2)
+        if not np.all(np.isfinite(variances)) or np.all(variances <= 0):
+            return math.nan
+        sds = np.sqrt(np.maximum(variances, 0.0)).tolist()
         return mdg_from_spreads(counts, sds, level=level, power=power, estimated=True,
                                 kurtosis=pooled_kurtosis(values, codes, len(groups)))
     return mdg_from_spreads(counts, list(spreads), level=level, power=power)

@@ -70,7 +70,8 @@ from fairness.adjusted import COVARIATE_NAMES, DEFAULT_COVARIATES, adjusted_gap,
 from fairness.grouping import group_order
 from fairness.power import minimum_detectable_gap
 from fairness.stats import draw_chunks, percentile_interval
-from fairness.welch import gap_interval, group_moments, mean_test, pooled_variance, scored_values
+from fairness.welch import (FLOOR_SHARE, SHAPE_TEST, TIED_BELOW, gap_interval, group_moments, mean_test, pooled_variance,
+                            scored_values, test_variances, two_group_test)
 
 CLASS_METRICS = ("kidney", "tumor")
 
@@ -122,38 +123,80 @@ def group_gap_test(per_case: pd.DataFrame, group_col: str, *, metric: str = "mea
             out.update(sd_p=1.0, ser_p=1.0, gap_p=1.0, sd_null95=0.0, ser_null95=1.0, gap_null95=0.0)
         return out
     rng = np.random.default_rng(seed)
-    p, out["test"] = mean_test(values, codes, k, n_perm=n_perm, rng=rng)
+    if k == 2:      # one test, one verdict: its p, its critical gap ("noise alone") and its interval
+        two = two_group_test(values, codes, n_boot=n_perm, rng=rng)
+        d = float(two["diff"])
+        out["test"], p = SHAPE_TEST, float(two["p"])
+        crit = float(two["crit_hi"]) if d >= 0 else -float(two["crit_lo"])
+        lo, hi = (float(two["lo"]), float(two["hi"])) if d >= 0 else (-float(two["hi"]), -float(two["lo"]))
+        better = max(means) if higher_is_better else min(means)
+        worse = better - crit if higher_is_better else better + crit
+        out.update(gap_null95=crit, sd_null95=crit / 2, ser_null95=float(_figures(np.array([better, worse]),
+                                                                                  higher_is_better)["ser"]),
+                   gap_lo=lo, gap_hi=hi)
+        out["variance_notes"] = variance_notes(two["kind"], groups, counts)
+        out["mdg80"] = float(two["mdg"])
+    else:           # the Welch-type test of all groups together: no single gap threshold to print
+        p, out["test"] = mean_test(values, codes, k, n_perm=n_perm, rng=rng)
+        null = _figures(_centred_bootstrap(values, codes, k, pooled, int(n_perm), rng), higher_is_better)
+        for key in ("sd", "ser"):
+            out[f"{key}_null95"] = percentile_interval(null[key], 0.90)[1]
+        # each group's spread as the test takes it: a tied group (or one case) the others' pooled one;
+        # no interval where the best or the worst group has one case
+        own = test_variances(values, codes, k, floor=False)[0]
+        lo, hi = gap_interval(means, own, counts, higher_is_better=higher_is_better)
+        out["gap_lo"], out["gap_hi"] = float(lo), float(hi)
+        out["variance_notes"] = variance_notes(test_variances(values, codes, k, floor=False)[1], groups, counts)
     out.update(sd_p=float(p), ser_p=float(p), gap_p=float(p))
-    null = _figures(_centred_bootstrap(values, codes, k, pooled, int(n_perm), rng), higher_is_better)
-    for key in keys:
-        out[f"{key}_null95"] = percentile_interval(null[key], 0.90)[1]
-    own = np.where(counts >= 2, group_moments(values, onehot, pooled)[1], np.nan)   # none for one case
-    lo, hi = gap_interval(means, own, counts, higher_is_better=higher_is_better)
-    out["gap_lo"], out["gap_hi"] = float(lo), float(hi)
     out["caution"] = skew_caution(values, codes, groups)
     return out
 
 
+def variance_notes(kind: np.ndarray, groups: list, counts: np.ndarray) -> str | None:
+    """Which groups' spreads the test did not take as they were (fairness.welch.test_variances)."""
+    pooled = [f"{g} ({int(n)} case{'s' if n != 1 else ''})" for g, n, k in zip(groups, counts, kind) if k == 1]
+    floored = [str(g) for g, k in zip(groups, kind) if k == 2]
+    notes = []
+    if pooled:
+        notes.append(f"{', '.join(pooled)}: fewer than {TIED_BELOW} distinct values, no spread of their own; the "
+                     "test uses the spread pooled over the other groups")
+    if floored:
+        notes.append(f"{', '.join(floored)}: a spread below {FLOOR_SHARE:g} of the larger groups' one, which a small "
+                     "sample often shows by missing rare failures; the test uses that floor")
+    return "; ".join(notes) or None
+
+
 SKEW_CAUTION = (15, 1.5)    # groups under 15 cases with |skewness| >= 1.5: docs/statistics.md's limit
+FEW_CASES = 6               # under this a group's skewness cannot be seen (its bound is (n - 2) / sqrt(n - 1))
 
 
 def skew_caution(values: np.ndarray, codes: np.ndarray, groups: list) -> str | None:
-    """A note when a small group is strongly skewed: there every test of means errs (the grid's
-    exponential tail, skewness 2, at 8 cases: 9-13 % false alarms at 5 %)."""
+    """A note when a group is too small for its spread and shape to be known: fewer than FEW_CASES
+    scored cases always (the sample skewness of n cases cannot exceed (n - 2) / sqrt(n - 1), below
+    1.5 for n <= 5, so no skewness rule can fire there), and a group under 15 cases with a sample
+    skewness of 1.5 or more in size (the grid's exponential tail at 8 cases: 9-13 % false alarms)."""
     small, limit = SKEW_CAUTION
-    flagged = []
+    few, skewed = [], []
     for i, g in enumerate(groups):
         v = values[codes == i]
+        if 0 < v.size < FEW_CASES:
+            few.append(f"{g} ({v.size} case{'s' if v.size != 1 else ''})")
+            continue
         centred = v - v.mean()
         spread2 = float(np.mean(centred ** 2))
-        if 3 <= v.size < small and spread2 > 1e-12:      # (nearly) tied values have no skewness to speak of
+        if v.size < small and spread2 > 1e-12:      # (nearly) tied values have no skewness to speak of
             skew = float(np.mean(centred ** 3)) / spread2 ** 1.5       # scipy.stats.skew's (biased) estimate
             if abs(skew) >= limit:
-                flagged.append(f"{g} ({v.size} cases, skewness {skew:+.1f})")
-    if not flagged:
+                skewed.append(f"{g} ({v.size} cases, skewness {skew:+.1f})")
+    notes = []
+    if few:
+        notes.append(f"group(s) of fewer than {FEW_CASES} cases: {', '.join(few)}, whose spread and shape the data "
+                     "cannot show")
+    if skewed:
+        notes.append(f"small, strongly skewed group(s): {', '.join(skewed)}")
+    if not notes:
         return None
-    return (f"small, strongly skewed group(s): {', '.join(flagged)}; the p-value can be too small there "
-            "(docs/statistics.md): read the per-case values")
+    return "; ".join(notes) + "; the p-value can be off there (docs/statistics.md): read the per-case values"
 
 
 def _centred_bootstrap(values, codes, k, pooled, n_boot, rng) -> np.ndarray:
@@ -196,7 +239,8 @@ def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
                           higher_is_better=higher_is_better)
     out = {k: v for k, v in test.items() if k != "groups"}
     out["spread"] = pooled_spread(per_case, group_col, metric=metric, order=order)
-    out["mdg80"] = minimum_detectable_gap(per_case, group_col, metric=metric, order=order)
+    if not math.isfinite(out.get("mdg80", math.nan)):    # two groups: the test's own (group_gap_test)
+        out["mdg80"] = minimum_detectable_gap(per_case, group_col, metric=metric, order=order)
     usable = [c for c in (covariates or ()) if _has_column(per_case, c)]
     if usable:
         adj = adjusted_gap(per_case, group_col, metric=metric, order=order, covariates=usable)
@@ -214,7 +258,10 @@ def significance(per_case: pd.DataFrame, group_col: str, *, metric: str = "mean"
                                   higher_is_better=higher_is_better)
             out[f"{part}_gap"], out[f"{part}_gap_p"] = test["gap"], test["gap_p"]
             out[f"{part}_gap_null95"], out[f"{part}_worst"] = test["gap_null95"], test.get("worst")
-            out[f"{part}_mdg80"] = minimum_detectable_gap(per_case, group_col, metric=part, order=order)
+            out[f"{part}_mdg80"] = test.get("mdg80", math.nan) if math.isfinite(test.get("mdg80", math.nan)) else \
+                minimum_detectable_gap(per_case, group_col, metric=part, order=order)
+            out[f"{part}_caution"] = test.get("caution")              # each class test's own caution and
+            out[f"{part}_variance_notes"] = test.get("variance_notes")  # spread notes reach the line
     return out
 
 
@@ -240,17 +287,37 @@ def _p_text(sig: dict, key: str) -> str:
     return ("p " if shown.startswith("<") else "p = ") + shown + (f", Holm{family} {_p(holm)}" if math.isfinite(holm) else "")
 
 
+MAX_DETECTABLE = 1.0     # a Dice (fraction) cannot move more than this: a larger detectable gap is "none"
+
+
+def _detectable(value: float, scale: float, unit: str, fraction: bool) -> str:
+    if not math.isfinite(value):
+        return "-"
+    if fraction and value > MAX_DETECTABLE:
+        return f"none (these groups would need a gap above the {scale * MAX_DETECTABLE:.0f} {unit} the metric can move)"
+    return f"{scale * value:.1f} {unit}"
+
+
 def significance_line(sig: dict, metric=None) -> str:
     """The worded line under a table: the gap with its interval, against what noise alone gives
-    and what is detectable (in Dice points, or in the unit of `metric`, fairness/metrics.py)."""
+    and what is detectable (in Dice points, or in the unit of `metric`, fairness/metrics.py). One
+    verdict: with two groups "noise alone gives up to X" is the test's own critical gap, so the p is
+    below 0.05 exactly when the gap is beyond X and the interval misses 0; with more groups the test
+    is of all the groups' means together and no single gap threshold is printed."""
     if not math.isfinite(sig.get("gap", math.nan)):
         return "(fewer than 2 groups with scored cases: no gap to test)"
-    scale, unit = (100.0, "points") if metric is None or metric.unit == "%" else (metric.scale, metric.unit)
+    fraction = metric is None or metric.unit == "%"
+    scale, unit = (100.0, "points") if fraction else (metric.scale, metric.unit)
     pts = lambda v: f"{scale * v:.1f}" if math.isfinite(v) else "-"  # noqa: E731
     interval = f" [{pts(sig['gap_lo'])}, {pts(sig['gap_hi'])}]" if math.isfinite(sig.get("gap_lo", math.nan)) else ""
     test = f"{sig['test']}, " if sig.get("test") else ""
-    line = (f"gap {pts(sig['gap'])}{interval} {unit}; noise alone gives up to {pts(sig['gap_null95'])} with these "
-            f"groups' own spreads ({test}{_p_text(sig, 'gap_p')}); detectable: {pts(sig['mdg80'])} {unit}")
+    if math.isfinite(sig.get("gap_null95", math.nan)):
+        line = (f"gap {pts(sig['gap'])}{interval} {unit}; noise alone gives up to {pts(sig['gap_null95'])} in this "
+                f"direction with these groups' spreads ({test}{_p_text(sig, 'gap_p')})")
+    else:
+        line = (f"gap {pts(sig['gap'])}{interval} {unit} (interval simultaneous over the pairs); all the groups' means "
+                f"together: {test}{_p_text(sig, 'gap_p')}")
+    line += f"; detectable: {_detectable(sig.get('mdg80', math.nan), scale, unit, fraction)}"
     spreads = {g: s for g, s in sig.get("spreads", {}).items() if math.isfinite(s)}
     if spreads:
         line += " (spread " + ", ".join(f"{g} {pts(s)}" for g, s in spreads.items()) + ")"
@@ -264,13 +331,23 @@ def significance_line(sig: dict, metric=None) -> str:
             line += f" ({sig['adjusted_note']})"
     elif sig.get("adjusted_note") and sig.get("adjusted_for"):
         line += f"\n(no adjusted gap: {sig['adjusted_note']})"
-    parts = [f"{part} gap {pts(sig[f'{part}_gap'])}, worst {sig[f'{part}_worst']} ({_p_text(sig, f'{part}_gap_p')}; "
-             f"noise alone up to {pts(sig[f'{part}_gap_null95'])})"
-             for part in CLASS_METRICS if math.isfinite(sig.get(f"{part}_gap", math.nan))]
+    parts = []
+    for part in CLASS_METRICS:
+        if not math.isfinite(sig.get(f"{part}_gap", math.nan)):
+            continue
+        noise = sig.get(f"{part}_gap_null95", math.nan)
+        parts.append(f"{part} gap {pts(sig[f'{part}_gap'])}, worst {sig[f'{part}_worst']} ({_p_text(sig, f'{part}_gap_p')}"
+                     + (f"; noise alone up to {pts(noise)}" if math.isfinite(noise) else "") + ")")
     if parts:
         line += "\nby class: " + "; ".join(parts)
-    if sig.get("caution"):
-        line += f"\n(caution: {sig['caution']})"
+    notes = [(None, sig.get("variance_notes")), (None, sig.get("caution"))]
+    notes += [(part, sig.get(f"{part}_variance_notes")) for part in CLASS_METRICS]
+    notes += [(part, sig.get(f"{part}_caution")) for part in CLASS_METRICS]
+    seen = set()
+    for part, note in notes:
+        if note and (part, note) not in seen and note not in {n for _, n in seen}:
+            seen.add((part, note))
+            line += f"\n({'' if part is None else part + ': '}{'caution: ' if 'p-value can be off' in note else 'spread: '}{note})"
     if sig.get("small_groups"):
         line += (f"\n(no interval for {', '.join(map(str, sig['small_groups']))}: fewer than 2 cases; "
                  "their mean is one case's Dice, not an estimate)")

@@ -384,9 +384,19 @@ def test_resampling_draws_in_blocks_whatever_the_cohort_size(monkeypatch):
     import fairness.stats as stats
     from fairness.significance import group_gap_test
     from fairness.tails import cvar_interval
+    from fairness.welch import mean_intervals, two_group_test
     rng = np.random.default_rng(0)
-    per_case = pd.DataFrame({"case_id": [f"c{i}" for i in range(300)], "mean": rng.uniform(0.5, 1, 300),
-                             "sex": np.where(np.arange(300) % 3, "male", "female")})
+    values = rng.uniform(0.5, 1, 300)
+    codes = (np.arange(300) % 3 == 0).astype(np.int64)
+    # two groups: the test's and the intervals' bootstraps hold at most chunk_values draws at once
+    whole_two = two_group_test(values, codes, n_boot=400, rng=np.random.default_rng(1))
+    small_two = two_group_test(values, codes, n_boot=400, rng=np.random.default_rng(1), chunk_values=1000)
+    assert float(small_two["p"]) == pytest.approx(float(whole_two["p"]), abs=0.05)
+    assert mean_intervals(values, codes, 2, n_boot=400, chunk_values=1000)[0] == pytest.approx(
+        mean_intervals(values, codes, 2, n_boot=400)[0], abs=0.01)
+    # three groups: the noise-alone bootstrap draws in blocks of draw_chunks
+    per_case = pd.DataFrame({"case_id": [f"c{i}" for i in range(300)], "mean": values,
+                             "sex": np.array(["a", "b", "c"])[np.arange(300) % 3]})
     whole_ = group_gap_test(per_case, "sex", n_perm=400)
     cvar = cvar_interval(per_case["mean"], 0.2, n_boot=400)
     blocks = []
@@ -395,7 +405,7 @@ def test_resampling_draws_in_blocks_whatever_the_cohort_size(monkeypatch):
     monkeypatch.setattr("fairness.significance.draw_chunks", lambda n, m: blocks.append(n) or real(n, m))
     blocked = group_gap_test(per_case, "sex", n_perm=400)
     assert blocks and list(real(400, 300))[:2] == [(0, 3), (3, 6)]
-    for key in ("gap_null95", "sd_null95", "gap_p"):       # the same figures, to resampling noise
+    for key in ("sd_null95", "ser_null95", "gap_p"):       # the same figures, to resampling noise
         assert blocked[key] == pytest.approx(whole_[key], rel=0.1, abs=0.02)
     assert cvar_interval(per_case["mean"], 0.2, n_boot=400) == pytest.approx(cvar, rel=0.02)
 
