@@ -69,6 +69,7 @@ from audit.modes import group_dice, run_audit, run_checkpoints, run_compare
 from audit.results import discovery_families
 from data.arguments import number, whole
 from data.errors import report_error
+from data.groups import parse_attribute
 from data.untrusted import case_list
 from engine.interrupts import Interrupted
 from engine.interrupts import install as install_interrupts, report as report_interrupt
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
         except ValueError as exc:
             parser.error(f"--features: {exc}")
     try:
+        for spec in args.group:     # a bad attribute (a name that would make a path) fails before any scoring
+            parse_attribute(spec)
         if args.group_dice:
             return group_dice(args)
         if args.ckpt:

@@ -118,6 +118,7 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
 
     ckpt, cfg, model, options = load_model(ckpt_path, args)
     cache, table, settings, case_ids, raw, metadata = checkpoint_cases(ckpt_path, cfg, args, out_dir)
+    claim_predictions(out_dir / "predictions", prediction_record(ckpt_path, args, options, settings), args.overwrite)
     records = original_records(raw, metadata, case_ids)
     # each case routed by its group exactly as in training: the group index the checkpoint stores
     index = None
@@ -154,6 +155,51 @@ def evaluate_checkpoint(ckpt_path: Path, args, out_dir: Path):
     metadata = {cid: r.meta for cid, r in records.items()} or table_metadata(table)
     embeddings = pd.DataFrame.from_dict(vectors, orient="index").add_prefix("e") if vectors else None
     return with_covariates(pd.DataFrame(rows), table), attributes, failures, metrics, metadata, embeddings, cfg
+
+
+PREDICTIONS_RECORD = "made_by.json"     # which checkpoint and settings wrote a predictions folder
+
+
+def prediction_record(ckpt_path: Path, args, options, settings) -> dict:
+    """What the predictions depend on: the checkpoint's bytes (SHA-256), the window's settings, the
+    cases' source and preprocessing. Two evaluations with the same record write the same maps."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(ckpt_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    amp = getattr(options.amp_dtype, "__str__", lambda: "none")() if options.amp_dtype is not None else "none"
+    return {"checkpoint_sha256": digest.hexdigest(), "overlap": float(options.overlap), "mirror": bool(options.mirror),
+            "patch_size": list(options.patch_size), "amp": amp, "device": str(options.device).split(":")[0],
+            "data": str(args.data.resolve()) if args.data is not None else "the run's cache",
+            "preprocess": settings.to_dict() if hasattr(settings, "to_dict") else str(settings)}
+
+
+def claim_predictions(pred_dir: Path, record: dict, overwrite: bool) -> None:
+    """The predictions folder for this checkpoint and these settings: with --overwrite emptied first;
+    else its maps are reused (an interrupted evaluation continues) only when its record says the same
+    checkpoint and settings wrote them, and refused otherwise (a result that is wrong and looks
+    right: an earlier checkpoint's maps scored as this one's). The record is written before any map."""
+    import json
+
+    from data.atomic import write_text
+    from data.untrusted import read_json
+
+    maps = sorted(pred_dir.glob("*.nii.gz")) if pred_dir.is_dir() else []
+    record_path = pred_dir / PREDICTIONS_RECORD
+    if overwrite:
+        for path in maps:
+            path.unlink(missing_ok=True)
+    elif maps:
+        earlier = read_json(record_path) if record_path.is_file() else None
+        if earlier != json.loads(json.dumps(record)):
+            what = "no record of what made them" if earlier is None else ", ".join(
+                k for k in record if (earlier or {}).get(k) != json.loads(json.dumps(record))[k]) + " differ"
+            raise CaseError(str(pred_dir), f"holds {len(maps)} prediction(s) of another checkpoint or other settings "
+                                           f"({what}); pass --overwrite to predict again from a clean folder")
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    write_text(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def checkpoint_metrics(args, cfg: dict) -> list[str]:

@@ -92,7 +92,8 @@ def write_report(rep, per_case: pd.DataFrame, attribute: str, out_dir: Path | No
                  name: str):
     from fairness.figures import group_boxplot
     from fairness.metrics import metric_view
-    from fairness.report import display_frame, format_report, report_frames, summary_line, to_latex, to_markdown
+    from fairness.report import (display_frame, format_report, md_text, report_frames, summary_line, to_latex,
+                                 to_markdown)
 
     metric = rep.audit.metric
     what = "" if metric.name == "dice" else f" ({metric.label}, {metric.unit})"
@@ -104,8 +105,8 @@ def write_report(rep, per_case: pd.DataFrame, attribute: str, out_dir: Path | No
     write_csv(summary, out_dir / f"summary_{name}.csv")
     shown = display_frame(rep)
     write_text(out_dir / f"report_{name}.md",
-               f"**{title}, by {attribute}** ({metric.label} {metric.unit}, 95% CI: Student t for group means)\n\n"
-               f"{to_markdown(shown)}\n{summary_line(rep)}\n")
+               md_text(f"**{title}, by {attribute}** ({metric.label} {metric.unit}, 95% CI: bootstrap-t for group "
+                       "means)") + f"\n\n{to_markdown(shown)}\n{md_text(summary_line(rep))}\n")
     write_text(out_dir / f"report_{name}.tex",
                to_latex(shown, caption=f"{title}, by {attribute}, {metric.label} ({metric.unit}). "
                                        f"{summary_line(rep)}"))

@@ -61,6 +61,7 @@ def atomic_write(path, write: Callable[[Path], object], *, suffix: str = "", fsy
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _record(path)
     except (Exception, KeyboardInterrupt) as exc:   # KeyboardInterrupt: also Ctrl-C / SIGTERM's Interrupted
         tmp.unlink(missing_ok=True)  # a writer that failed or was interrupted (not one killed) cleans up
         if isinstance(exc, OSError):  # ENOSPC, EDQUOT, EFBIG, EACCES...: one line naming the file
@@ -84,13 +85,93 @@ def atomic_link(src, path) -> Path:
     return path
 
 
+# --- what one audit wrote into its folder (data/lock.results_folder keeps the list as its manifest) -------
+
+_RECORDINGS: list[tuple[Path, set]] = []
+
+
+def _record(path: Path) -> None:
+    if not _RECORDINGS:
+        return
+    real = Path(os.path.realpath(path))
+    for root, written in _RECORDINGS:
+        try:
+            written.add(real.relative_to(root).as_posix())
+        except ValueError:
+            continue
+
+
+class recording:
+    """Within the block, the files atomic_write writes under `folder` (relative paths), in .written:
+
+        with recording(out) as rec:
+            write_csv(frame, out / "groups_sex.csv")
+        rec.written   # {"groups_sex.csv"}
+    """
+
+    def __init__(self, folder):
+        self.root = Path(os.path.realpath(folder))
+        self.written: set[str] = set()
+
+    def __enter__(self):
+        _RECORDINGS.append((self.root, self.written))
+        return self
+
+    def __exit__(self, *exc):
+        _RECORDINGS.remove((self.root, self.written))
+        return False
+
+
+def written_in(folder) -> set[str] | None:
+    """The files written so far under `folder` by the recording that holds it (None without one):
+    report.html is built from this run's files, never from a glob that would find an earlier run's."""
+    real = Path(os.path.realpath(folder))
+    for root, written in reversed(_RECORDINGS):
+        if root == real:
+            return set(written)
+    return None
+
+
 def write_text(path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def neutralise_cell(value):
+    """A text cell a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
+    return: =HYPERLINK(...), @SUM(...), +cmd|...) gets a leading apostrophe, OWASP's rule for CSV
+    injection; numbers, and text that reads as a plain number or a lone "-", are kept as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and value != "-" and not _PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def neutralised(frame):
+    """A copy of the frame whose text cells, index and column names are neutralise_cell'ed (one place:
+    every CSV fairkits writes goes through write_csv)."""
+    import pandas as pd
+
+    text = lambda values: pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)  # noqa: E731
+    out = frame.copy()
+    for column in out.columns:
+        if text(out[column].dtype):
+            out[column] = out[column].map(neutralise_cell)
+    out.columns = [neutralise_cell(c) for c in out.columns]
+    if isinstance(out.index, pd.MultiIndex):
+        out.index = out.index.set_levels([lvl.map(neutralise_cell) if text(lvl.dtype) else lvl
+                                          for lvl in out.index.levels])
+    elif text(out.index.dtype):
+        out.index = out.index.map(neutralise_cell)
+    return out
+
+
 def write_csv(frame, path, *, index: bool = True) -> Path:
-    """A pandas frame as CSV."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
+    """A pandas frame as CSV, text cells that a spreadsheet would run neutralised (neutralise_cell)."""
+    safe = neutralised(frame)
+    return atomic_write(path, lambda tmp: safe.to_csv(tmp, index=index))
 
 
 def write_figure(path, fig, *, dpi: int = 120) -> Path:

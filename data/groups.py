@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 FIELDS = {"sex": "gender", "age": "age_at_nephrectomy", "bmi": "body_mass_index"}
@@ -66,16 +67,27 @@ class Binning:
         return self.labels[-1]
 
 
+# the values a patient's metadata can hold: beyond them a number is a unit error or a typo, and binned
+# silently it would put the case in a group it is not in (age 650, BMI 2.5 written as a ratio)
+PLAUSIBLE = {"age_at_nephrectomy": (0.0, 120.0), "body_mass_index": (10.0, 100.0), "bmi": (10.0, 100.0)}
+
+
 def numeric_value(meta: dict, field: str) -> float:
+    """meta[field] as a float: a JSON number (not text: "65" and full-width digits are refused), finite,
+    and within PLAUSIBLE's range for the fields it knows; GroupError saying which otherwise."""
     value = meta.get(field)
-    if value is None or isinstance(value, bool):
+    if value is None:
         raise GroupError(f"missing {field}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise GroupError(f"non-numeric {field} {value!r}") from None
+    if isinstance(value, str):
+        raise GroupError(f"{field} is the text {value[:20]!r}; expected a number (write 65, not \"65\")")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GroupError(f"non-numeric {field} {str(value)[:40]!r}")
+    number = float(value)
     if not math.isfinite(number):
         raise GroupError(f"non-finite {field} {value!r}")
+    low, high = PLAUSIBLE.get(field, (-math.inf, math.inf))
+    if not low <= number <= high:
+        raise GroupError(f"{field} {number:g} is outside the plausible range {low:g}-{high:g}")
     return number
 
 
@@ -117,6 +129,9 @@ class Attribute:
         return None
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+
+
 def parse_attribute(spec: str, age_edges=None, bmi_edges=None) -> Attribute:
     """Parse an attribute spec (see the module docstring); ValueError on an unusable spec."""
     spec = str(spec).strip()
@@ -131,6 +146,8 @@ def parse_attribute(spec: str, age_edges=None, bmi_edges=None) -> Attribute:
         raise ValueError("empty group attribute")
     name, _, edges_text = spec.partition(":")
     name = name.strip()
+    if not SAFE_NAME.match(name) or ".." in name:   # it names files (groups_<name>.csv) and page anchors
+        raise ValueError(f"group attribute {name[:40]!r} is not a metadata field name (letters, digits, _ . - only)")
     field = FIELDS.get(name, name)
     if edges_text:
         try:

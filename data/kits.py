@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import CaseError
-from data.groups import FIELDS, GroupError, normalise_sex, numeric_value
+from data.groups import FIELDS, PLAUSIBLE, GroupError, normalise_sex, numeric_value
 from data.labels import LabelScheme
 from data.nifti import Volume, read_volume
 from data.untrusted import check_case_id, read_json
@@ -96,10 +96,15 @@ def load_metadata(path) -> dict[str, dict]:
 
 
 def validate_meta(case_id: str, meta: dict) -> None:
-    """Sex and age are needed by every fairness table: fail early and by name."""
+    """Sex and age are needed by every fairness table, and every number the metadata gives must be
+    plausible whatever the grouping (an age of -40 is refused under --group sex too): fail early and by
+    name."""
     try:
         normalise_sex(meta.get(FIELDS["sex"]))
         numeric_value(meta, FIELDS["age"])
+        for field in PLAUSIBLE:
+            if field != FIELDS["age"] and meta.get(field) is not None:
+                numeric_value(meta, field)
     except GroupError as exc:
         raise CaseError(case_id, str(exc)) from None
 

@@ -209,11 +209,27 @@ class FolderLock:
             breaker.unlink(missing_ok=True)
 
 
+MANIFEST_NAME = ".fairkits-audit.json"    # the files one audit wrote into its folder
+# what an audit writes into its folder, for the folders of earlier versions that had no manifest
+AUDIT_OUTPUTS = ("groups_*.csv", "summary_*.csv", "report_*.md", "report_*.tex", "box_*.png", "per_case.csv",
+                 "summary.json", "slices.csv", "slice_members.csv", "embeddings.csv", "compare*.csv", "compare*.md",
+                 "compare*.tex", "tradeoff_*.png", "seeds_*.csv", "seeds_*.md", "seeds_*.tex", "recipe_*.csv",
+                 "checkpoints.txt", "report.html", "events.out.tfevents.*")
+
+
 @contextmanager
 def results_folder(folder, *, overwrite: bool, marker: str, log=None):
     """Hold `folder` (created when missing) for one writer while the block writes its results;
     refused (CaseError) when it holds finished results (`marker`, written last) and not overwrite.
-    A second writer waits for the first, then meets that check."""
+    A second writer waits for the first, then meets that check.
+
+    One folder is one audit: before the block, what an earlier audit left there (its manifest's
+    files, and the audit's own file names for a folder of an earlier version; not the predictions of
+    --ckpt, which audit/checkpoints.py keeps or clears by their own record) is removed, whether it
+    finished (with overwrite) or was killed, and so are temporaries of killed writers. The files the
+    block writes are recorded (data/atomic.recording) and listed in MANIFEST_NAME at the end."""
+    from data.atomic import recording, remove_stale_temporaries, write_text
+
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +239,39 @@ def results_folder(folder, *, overwrite: bool, marker: str, log=None):
         log = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stdout holds the results
     with FolderLock(folder, log=log, name=RESULTS_LOCK_NAME, doing="written by another audit"):
         refuse_finished(folder, overwrite=overwrite, marker=marker)
-        yield folder
+        remove_stale_temporaries(folder)
+        removed = clear_earlier_audit(folder)
+        if removed:
+            log(f"note: removed {removed} file(s) an earlier audit left in {folder}")
+        with recording(folder) as written:
+            yield folder
+        write_text(folder / MANIFEST_NAME, json.dumps(sorted(written.written), indent=1) + "\n")
+
+
+def clear_earlier_audit(folder: Path) -> int:
+    """Remove the files an earlier audit wrote into `folder` (its manifest's, and AUDIT_OUTPUTS');
+    regular files directly in the folder only (a link or a folder is left alone); their count."""
+    from data.untrusted import read_json
+
+    names = set()
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file() and not manifest.is_symlink():
+        try:
+            listed = read_json(manifest)
+            names |= {n for n in listed if isinstance(n, str) and "/" not in n and not n.startswith(".")} \
+                if isinstance(listed, list) else set()
+        except CaseError:
+            pass
+    for pattern in AUDIT_OUTPUTS:
+        names |= {p.name for p in folder.glob(pattern)}
+    removed = 0
+    for name in sorted(names):
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed += 1
+    manifest.unlink(missing_ok=True)
+    return removed
 
 
 def refuse_finished(folder, *, overwrite: bool, marker: str) -> None:

@@ -76,6 +76,28 @@ def _stored_zooms(img) -> tuple[float, ...]:
         return zooms
 
 
+AFFINE_TOLERANCE = 1e-3      # mm: qform and sform may differ by rounding (the qform stores a quaternion)
+
+
+def check_orientation(img, path: Path, where: str) -> None:
+    """CaseError when the header says two things: a qform and an sform both set (code > 0) that
+    disagree beyond AFFINE_TOLERANCE. Tools differ on which one they read (nibabel and ITK prefer
+    the sform, others the qform), so such a file is scored differently by each: refused, naming
+    both, rather than scored by one rule the file's writer may not have meant."""
+    header = img.header
+    if not hasattr(header, "get_qform"):
+        return
+    qform, q_code = header.get_qform(coded=True)
+    sform, s_code = header.get_sform(coded=True)
+    if qform is None or sform is None or not q_code or not s_code:
+        return
+    if not np.allclose(qform, sform, atol=AFFINE_TOLERANCE, rtol=0):
+        fmt = lambda a: "[" + "; ".join(" ".join(f"{v:g}" for v in row[:3]) for row in a[:3]) + "]"  # noqa: E731
+        raise CaseError(where, f"{path.name}: its qform (code {int(q_code)}, {fmt(qform)}) and sform (code "
+                               f"{int(s_code)}, {fmt(sform)}) disagree; tools read one or the other, so it is not "
+                               "scored: rewrite it with one orientation (e.g. nibabel: img.set_qform(img.get_sform()))")
+
+
 def _open(path: Path, where: str):
     """(the nibabel image, its spacing) of a 3D NIfTI, header only: the voxels are not read yet."""
     if not path.is_file():
@@ -88,6 +110,7 @@ def _open(path: Path, where: str):
     if len(img.shape) != 3:
         raise CaseError(where, f"{path.name} has shape {tuple(img.shape)}; expected a 3D volume")
     check_voxels(img.shape, where if where != str(path) else str(path))   # before a byte of data is read
+    check_orientation(img, path, where)
     zooms = _stored_zooms(img)
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         shown = ", ".join(f"{z:g}" for z in zooms)

@@ -183,8 +183,30 @@ def _parsed(load, text: str, where: str, invalid: type, problem) -> object:
     return check_structure(data, where)
 
 
+class DuplicateKey(ValueError):
+    """A key written twice in one object: JSON's last-wins would keep one silently."""
+
+
+def _refuse_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _json_problem(exc: ValueError) -> str:
+    if isinstance(exc, DuplicateKey):
+        return f"the key {short(exc.args[0])} appears twice in one object; which one is meant? (refusing to keep the last)"
+    return f"not valid JSON ({exc})"
+
+
 def parse_json(text: str, where: str):
-    return _parsed(json.loads, text, where, ValueError, lambda exc: f"not valid JSON ({exc})")
+    """json.loads of `text`, its structure bounded and every object's keys unique (a case id or a
+    field given twice is refused, never last-wins); CaseError naming `where` otherwise."""
+    return _parsed(lambda t: json.loads(t, object_pairs_hook=_refuse_duplicates), text, where, ValueError,
+                   _json_problem)
 
 
 def read_json(path, where: str | None = None):
@@ -200,11 +222,31 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping key written twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:           # an unhashable key: SafeLoader's own error follows
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {short(key)} appears twice",
+                                                        key_node.start_mark)
+            seen.add(key) if not isinstance(key, (list, dict)) else None
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, where: str):
-    """yaml.safe_load of `text`, its structure bounded; CaseError naming `where` otherwise."""
+    """yaml.safe_load of `text` (a key written twice refused), its structure bounded; CaseError naming
+    `where` otherwise."""
     if len(text) > MAX_TEXT_BYTES:
         raise CaseError(where, f"more than {MAX_TEXT_BYTES:,} characters of YAML; refusing to read it")
-    return _parsed(yaml.safe_load, text, where, yaml.YAMLError, lambda exc: f"not valid YAML ({_yaml_problem(exc)})")
+    return _parsed(lambda t: yaml.load(t, Loader=_UniqueKeyLoader), text, where, yaml.YAMLError,
+                   lambda exc: f"not valid YAML ({_yaml_problem(exc)})")
 
 
 def read_yaml(path, where: str | None = None):

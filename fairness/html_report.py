@@ -65,8 +65,20 @@ class ReportContext:
     date: str = ""                                # default: now, UTC
 
 
+class Markup(str):
+    """A piece of HTML this module built from escaped parts. Every other string that reaches the page
+    (a group name, an attribute, a case id, a rule, a title, a cell) is escaped where it meets the
+    page: by table_html, section, nav_html, image_html, esc; nothing a user's file holds is put in a
+    tag, an attribute, an id or a link unescaped (a report is a file people mail to each other)."""
+
+
 def esc(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def cell_html(value) -> str:
+    """A table cell: Markup as it is, anything else escaped."""
+    return value if isinstance(value, Markup) else esc(value)
 
 
 def png_data(data: bytes) -> str:
@@ -98,6 +110,23 @@ def p_text(p) -> str:
 
 
 # ----------------------------------------------------------------------------- the folder's audits
+class AuditFiles:
+    """The files of this audit in its folder: those the audit wrote in this run (data/atomic.recording:
+    an earlier run's groups_age.csv is not one of them), or, when no run is recording (a folder read
+    after the fact), what the folder holds."""
+
+    def __init__(self, folder: Path, written: set | None):
+        self.folder, self.written = Path(folder), written
+
+    def glob(self, pattern: str) -> list[Path]:
+        return [p for p in sorted(self.folder.glob(pattern)) if self.written is None or p.name in self.written]
+
+    def get(self, name: str) -> Path | None:
+        path = self.folder / name
+        return path if path.is_file() and (self.written is None or name in self.written) else None
+
+
+
 @dataclass
 class AttributeAudit:
     name: str                  # the file stem: groups_<name>.csv
@@ -111,9 +140,10 @@ class AttributeAudit:
     box: Path | None
 
 
-def read_audits(folder: Path) -> list[AttributeAudit]:
+def read_audits(folder: Path, files: AuditFiles | None = None) -> list[AttributeAudit]:
+    files = files or AuditFiles(folder, None)
     out = []
-    for path in sorted(folder.glob("groups_*.csv")):
+    for path in files.glob("groups_*.csv"):
         name = path.stem[len("groups_"):]
         attribute, metric = name, METRICS["dice"]
         for m in METRICS.values():
@@ -121,18 +151,18 @@ def read_audits(folder: Path) -> list[AttributeAudit]:
                 attribute, metric = name[: -len(m.name) - 1], m
         groups = pd.read_csv(path, index_col=0, keep_default_na=False, na_values=[""])
         groups.index = groups.index.astype(str)
-        summary_path = folder / f"summary_{name}.csv"
-        summary = pd.read_csv(summary_path, index_col=0) if summary_path.is_file() else pd.DataFrame(
+        summary_path = files.get(f"summary_{name}.csv")
+        summary = pd.read_csv(summary_path, index_col=0) if summary_path else pd.DataFrame(
             columns=["value", "lo", "hi"])
-        report = folder / f"report_{name}.md"
+        report = files.get(f"report_{name}.md")
         lines = []
-        if report.is_file():
+        if report:
             paragraphs = [p.strip() for p in report.read_text().split("\n\n") if p.strip()]
-            if paragraphs and not paragraphs[-1].startswith("|"):
-                lines = split_outside_parentheses(paragraphs[-1])
-        box = folder / f"box_{name}.png"
+            if paragraphs and not paragraphs[-1].startswith("|"):   # Markdown-escaped (fairness.report.md_text)
+                lines = split_outside_parentheses(html.unescape(paragraphs[-1]))
+        box = files.get(f"box_{name}.png")
         out.append(AttributeAudit(name, attribute, metric, groups, summary["value"], summary.get("lo"),
-                                  summary.get("hi"), lines, box if box.is_file() else None))
+                                  summary.get("hi"), lines, box))
     return out
 
 
@@ -160,7 +190,7 @@ def finding(audit: AttributeAudit) -> str:
     s, m = audit.summary, audit.metric
     groups = audit.groups.drop(index="all", errors="ignore")
     if groups.empty or "gap" not in s:
-        return f"By {audit.attribute}: no test (fewer than two groups with scored cases)."
+        return f"By {esc(audit.attribute)}: no test (fewer than two groups with scored cases)."
     unit = "points" if m.unit == "%" else m.unit
     held = []
     for part in CLASS_PARTS:
@@ -192,7 +222,8 @@ def table_html(frame: pd.DataFrame, *, index_name: str = "", row_ids=None, sorta
     rows = []
     for k, (index, row) in enumerate(frame.iterrows()):
         rid = f" id='{esc(row_ids[k])}'" if row_ids is not None else ""
-        cells = "".join(f"<td>{cell}</td>" if NUMERIC.match(str(cell)) else f"<td class='t'>{cell}</td>" for cell in row)
+        cells = "".join(f"<td>{cell_html(cell)}</td>" if NUMERIC.match(str(cell)) else
+                        f"<td class='t'>{cell_html(cell)}</td>" for cell in row)
         rows.append(f"<tr{rid}><th scope='row'>{esc(index)}</th>{cells}</tr>")
     attrs = f" class='{cls}{' sortable' if sortable else ''}'"
     return (f"<div class='scroll'><table{attrs}><thead><tr>{head}</tr></thead>"
@@ -203,30 +234,50 @@ def group_table(audit: AttributeAudit) -> str:
     m, g = audit.metric, audit.groups
     shown = pd.DataFrame(index=g.index)
     shown.index.name = audit.attribute
-    shown["n"] = [esc(int(v)) if pd.notna(v) else "-" for v in g["n"]]
+    shown["n"] = [str(int(v)) if pd.notna(v) else "-" for v in g["n"]]
     for part in ("kidney", "tumor", "mean"):
         cells = []
         for v, lo, hi in zip(g[part], g.get(f"{part}_lo", pd.Series(np.nan, g.index)),
                              g.get(f"{part}_hi", pd.Series(np.nan, g.index))):
             interval = f" <span class='ci'>[{number(lo, m.scale)}, {number(hi, m.scale)}]</span>" if pd.notna(lo) else ""
-            cells.append(f"{number(v, m.scale)}{interval}")
+            cells.append(Markup(f"{number(v, m.scale)}{interval}"))      # numbers only: built here
         shown[f"{part} {m.label}"] = cells
     cvar = [c for c in g.columns if c.startswith("cvar") and not c.endswith(("_lo", "_hi"))]
     for c in cvar:
         cells = []
         for v, lo, hi in zip(g[c], g.get(f"{c}_lo", pd.Series(np.nan, g.index)), g.get(f"{c}_hi", pd.Series(np.nan, g.index))):
             interval = f" <span class='ci'>[{number(lo, m.scale)}, {number(hi, m.scale)}]</span>" if pd.notna(lo) else ""
-            cells.append(f"{number(v, m.scale)}{interval}")
+            cells.append(Markup(f"{number(v, m.scale)}{interval}"))
         shown[c.upper().replace("CVAR", "CVaR")] = cells
     return table_html(shown, cls="groups")
 
 
 def image_html(uri: str, alt: str, cls: str = "") -> str:
-    return f"<img src='{uri}' alt='{esc(alt)}' class='{cls}'>"
+    if not uri.startswith("data:image/png;base64,"):     # the page embeds its pictures; it links to nothing
+        raise ValueError("report images are embedded PNG data")
+    return f"<img src='{esc(uri)}' alt='{esc(alt)}' class='{esc(cls)}'>"
+
+
+def anchor_of(kind: str, name: str) -> str:
+    """A page anchor for a named thing (an attribute's section): its name where that is letters,
+    digits, '_' and '-' (attr-sex), else those of its characters and a digest of the whole name, so
+    two names never share an anchor and no anchor holds markup."""
+    import hashlib
+
+    name = str(name)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        return f"{kind}-{name}"
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:40].strip("_") or "x"
+    return f"{kind}-{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def section(anchor: str, heading: str, body: str) -> str:
-    return f"<section id='{anchor}'><h2>{esc(heading)}</h2>\n{body}\n</section>"
+    return f"<section id='{esc(anchor)}'><h2>{esc(heading)}</h2>\n{body}\n</section>"
+
+
+def nav_html(items) -> str:
+    """The page's links to its sections: [(anchor, text)], both escaped."""
+    return "<nav>" + " · ".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t in items) + "</nav>"
 
 
 def absent(why: str) -> str:
@@ -269,7 +320,7 @@ def attribute_section(audit: AttributeAudit) -> str:
     box = (image_html(figure_file(audit.box), f"per-case {audit.metric.label} by {audit.attribute}", "figure")
            if audit.box else absent("no box plot in this folder"))
     what = "" if audit.metric.name == "dice" else f" ({audit.metric.label}, {audit.metric.unit})"
-    return section(f"attr-{audit.name}", f"By {audit.attribute}{what}",
+    return section(anchor_of("attr", audit.name), f"By {audit.attribute}{what}",
                    f"{group_table(audit)}<ul class='lines'>{lines}</ul>{box}")
 
 
@@ -336,7 +387,7 @@ def gallery_section(files: dict, per_case: pd.DataFrame, attributes, context: Re
         dice = " ".join(f"{p} {number(row[p], 100)}" for p in ("kidney", "tumor", "mean") if p in row)
         fig, z = case_slice(np.asarray(image.array, np.float32), np.asarray(ref.array).astype(np.uint8),
                             np.asarray(pred.array).astype(np.uint8), ref.spacing)
-        meta = ", ".join(f"{c} {esc(row[c])}" for c in attributes if c in row)
+        meta = ", ".join(f"{esc(c)} {esc(row[c])}" for c in attributes if c in row)
         cards.append(f"<figure class='case'><a href='#case-{esc(case_id)}'>"
                      f"{image_html(figure_data(fig), f'{case_id} axial slice {z}')}</a>"
                      f"<figcaption><a href='#case-{esc(case_id)}'>{esc(case_id)}</a> ({esc(why)}): Dice {dice}; "
@@ -356,7 +407,7 @@ def gallery_section(files: dict, per_case: pd.DataFrame, attributes, context: Re
     return section("gallery", "The cases behind the numbers", body)
 
 
-def case_files(folder: Path, per_case: pd.DataFrame) -> dict:
+def case_files(folder: Path, per_case: pd.DataFrame, files: AuditFiles | None = None) -> dict:
     """{case_id: (reference_file, prediction_file)}: the per-case table's file columns where it has
     them, else the audit's summary.json (nnU-Net's format, which names the files scored)."""
     from data.untrusted import read_json
@@ -364,8 +415,8 @@ def case_files(folder: Path, per_case: pd.DataFrame) -> dict:
     if set(FILE_COLUMNS) <= set(per_case.columns):
         return {c: (Path(r), Path(p)) for c, r, p in zip(per_case["case_id"], per_case["reference_file"],
                                                           per_case["prediction_file"]) if pd.notna(r) and pd.notna(p)}
-    path = folder / "summary.json"
-    if not path.is_file():
+    path = (files or AuditFiles(folder, None)).get("summary.json")
+    if path is None:
         return {}
     out = {}
     for entry in read_json(path).get("metric_per_case", []):
@@ -384,8 +435,8 @@ def slices_section(slices: pd.DataFrame | None, members: pd.DataFrame | None) ->
         return section("slices", "Discovered slices", absent("no rule was taken to confirmation (too few cases)"))
     shown = pd.DataFrame(index=slices["rank"].astype(int))
     shown.index.name = "rank"
-    shown["rule"] = [esc(r) for r in slices["rule"]]
-    shown["n"] = [esc(int(v)) for v in slices["n"]]
+    shown["rule"] = [str(r) for r in slices["rule"]]
+    shown["n"] = [str(int(v)) for v in slices["n"]]
     shown["mean"] = [number(v) for v in slices["mean"]]
     shown["rest"] = [number(v) for v in slices["rest_mean"]]
     shown["gap"] = [number(v) for v in slices["gap"]]
@@ -393,7 +444,7 @@ def slices_section(slices: pd.DataFrame | None, members: pd.DataFrame | None) ->
     shown["Holm p"] = [p_text(v) for v in slices["p_holm"]]
     shown["confirmed"] = ["yes" if str(v).lower() == "true" else "no" for v in slices["confirmed"]]
     if "described_by" in slices:
-        shown["described by"] = [esc(v) if isinstance(v, str) else "" for v in slices["described_by"]]
+        shown["described by"] = [v if isinstance(v, str) else "" for v in slices["described_by"]]
     member_lists = []
     for rank in shown.index:
         ids = members.loc[members["rank"] == rank, "case_id"] if members is not None else []
@@ -405,13 +456,14 @@ def slices_section(slices: pd.DataFrame | None, members: pd.DataFrame | None) ->
                    "below 0.05 over every rule taken to confirmation.</p>" + table_html(shown) + "".join(member_lists))
 
 
-def compare_section(folder: Path) -> str:
+def compare_section(folder: Path, files: AuditFiles | None = None) -> str:
     """The methods side by side, each recipe's own gap and the Δ against the baseline, each table
     saying which question it answers: this recipe (seeds as the sample) or these models (the test
     cases as the sample, when a method has one run)."""
     from fairness.recipe import PRINTED_DELTAS
 
-    paths = sorted(folder.glob("compare*.csv"))
+    files = files or AuditFiles(folder, None)
+    paths = files.glob("compare*.csv")
     if not paths:
         return ""
     parts = []
@@ -469,7 +521,7 @@ def compare_section(folder: Path) -> str:
             sentence = (f"Beyond noise after Holm: {', '.join(map(esc, map(str, beyond)))}." if beyond
                         else "No difference from the baseline is beyond noise after Holm.")
             parts.append(f"<h3>{title}</h3>" + table_html(d) + f"<p>{sentence}</p>")
-    for fig in sorted(folder.glob("tradeoff_*.png")):
+    for fig in files.glob("tradeoff_*.png"):
         parts.append(image_html(figure_file(fig), fig.stem.replace("_", " "), "figure"))
     return section("compare", "Methods compared", "".join(parts))
 
@@ -495,7 +547,7 @@ def per_case_section(per_case: pd.DataFrame) -> str:
             scale = 100 if col in CLASS_PARTS else 1
             shown[col] = [number(v, scale, 1 if scale == 100 else 3) for v in values]
         else:
-            shown[col] = [esc(v) if pd.notna(v) else "-" for v in values]
+            shown[col] = [str(v) if pd.notna(v) else "-" for v in values]
     return section("cases", "Every case", "<p class='note'>Dice in %. Click a column heading to sort (with "
                    "script; without it the table reads as it is).</p>" +
                    table_html(shown, index_name="case_id", row_ids=ids, sortable=True, cls="cases"))
@@ -543,33 +595,36 @@ document.querySelectorAll('table.sortable').forEach(function(t){
 """
 
 
-def build_html(folder: Path, context: ReportContext, per_case: pd.DataFrame | None = None) -> str:
+def build_html(folder: Path, context: ReportContext, per_case: pd.DataFrame | None = None,
+               written: set | None = None) -> str:
     """The page (module docstring). per_case: the audit's per-case table as it is about to be written
-    (per_case.csv is written last, as the folder's finished mark); default: folder/per_case.csv."""
+    (per_case.csv is written last, as the folder's finished mark); default: folder/per_case.csv.
+    written: the files this audit wrote (AuditFiles); None reads what the folder holds."""
     folder = Path(folder)
+    audit_files = AuditFiles(folder, written)
     if per_case is None:
-        per_case = pd.read_csv(folder / "per_case.csv") if (folder / "per_case.csv").is_file() \
-            else pd.DataFrame(columns=["case_id", "mean"])
+        source = audit_files.get("per_case.csv")
+        per_case = pd.read_csv(source) if source else pd.DataFrame(columns=["case_id", "mean"])
     per_case = per_case.copy()
     per_case["case_id"] = per_case["case_id"].astype(str)
-    files = case_files(folder, per_case)
+    files = case_files(folder, per_case, audit_files)
     per_case = per_case.drop(columns=[c for c in FILE_COLUMNS if c in per_case])
-    audits = read_audits(folder)
+    audits = read_audits(folder, audit_files)
     for audit in audits:
         audit.lines = audit.lines or list(context.lines.get(audit.name, []))
-    slices = pd.read_csv(folder / "slices.csv") if (folder / "slices.csv").is_file() else None
-    members = pd.read_csv(folder / "slice_members.csv", dtype={"case_id": str}) \
-        if (folder / "slice_members.csv").is_file() else None
+    slices = pd.read_csv(audit_files.get("slices.csv")) if audit_files.get("slices.csv") else None
+    members = pd.read_csv(audit_files.get("slice_members.csv"), dtype={"case_id": str}) \
+        if audit_files.get("slice_members.csv") else None
     attributes = list(dict.fromkeys(a.attribute for a in audits))
-    nav = [("summary", "Findings"), *[(f"attr-{a.name}", a.name) for a in audits], ("gallery", "Cases"),
+    nav = [("summary", "Findings"), *[(anchor_of("attr", a.name), a.name) for a in audits], ("gallery", "Cases"),
            ("slices", "Slices")]
-    compare = compare_section(folder)
+    compare = compare_section(folder, audit_files)
     if compare:
         nav.append(("compare", "Methods"))
     nav.append(("cases", "Every case"))
     context.date = context.date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>{esc(context.title)}</h1>",
-            "<nav>" + " · ".join(f"<a href='#{a}'>{esc(t)}</a>" for a, t in nav) + "</nav>",
+            nav_html(nav),
             first_screen(context, audits, slices, len(per_case), compare=bool(compare)),
             *[attribute_section(a) for a in audits],
             gallery_section(files, per_case, attributes, context) if len(per_case) or context.gallery_absent else
@@ -586,11 +641,12 @@ def build_html(folder: Path, context: ReportContext, per_case: pd.DataFrame | No
 
 
 def write_html_report(folder, context: ReportContext, per_case: pd.DataFrame | None = None) -> Path:
-    """folder/report.html from the audit files in folder (module docstring); its path."""
-    from data.atomic import write_text
+    """folder/report.html from this audit's files in folder (module docstring: the files the running
+    audit wrote, data/atomic.written_in, when one is recording); its path."""
+    from data.atomic import write_text, written_in
 
     path = Path(folder) / REPORT_NAME
-    write_text(path, build_html(folder, context, per_case))
+    write_text(path, build_html(folder, context, per_case, written=written_in(folder)))
     return path
 
 

@@ -339,11 +339,22 @@ def pareto_front(dice: Sequence[float], unfairness: Sequence[float], *, higher_i
 
 # --- writers -----------------------------------------------------------------------------------
 
+def md_text(text) -> str:
+    """Free text for Markdown: '&' and '<' escaped, so a viewer renders no tag from a group name."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;")
+
+
+def md_cell(value) -> str:
+    """A table cell's text for Markdown: '&' and '<' escaped (a viewer renders no tag from a group name
+    or a metadata value) and '|' escaped (it would split the cell)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
-    cols = [frame.index.name or ""] + [str(c) for c in frame.columns]
+    cols = [md_cell(frame.index.name or "")] + [md_cell(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
+        lines.append("| " + " | ".join([md_cell(idx)] + [md_cell(v) for v in row]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -118,8 +118,8 @@ def group_gap_test(per_case: pd.DataFrame, group_col: str, *, metric: str = "mea
     best_i = int(np.argmax(means) if higher_is_better else np.argmin(means))
     out["worst"], out["best"] = groups[worst_i], groups[best_i]
     out.update({key: float(v) for key, v in _figures(means, higher_is_better).items()})
-    if not math.isfinite(pooled) or pooled <= 0:   # no case-to-case spread within any group
-        if out["gap"] == 0:                          # every case alike: no evidence of a difference
+    if not math.isfinite(pooled) or pooled <= 1e-20:   # no case-to-case spread within any group (rounding aside)
+        if abs(out["gap"]) < 1e-12:                 # every case alike: no evidence of a difference
             out.update(sd_p=1.0, ser_p=1.0, gap_p=1.0, sd_null95=0.0, ser_null95=1.0, gap_null95=0.0)
         return out
     rng = np.random.default_rng(seed)

@@ -240,15 +240,68 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 
+# what a saved config may ask of a network before anything is built (a checkpoint is untrusted input:
+# num_classes 10**9 would allocate 64 GB before a weight was checked)
+SIZE_BOUNDS = {"num_classes": (2, 255), "patch_side": (4, 1024), "patch_voxels": (64, 2 ** 27),
+               "width": (1, 4096), "stages": (1, 12)}
+WIDTH_KEYS = ("base_features", "max_features", "features", "experts", "hidden_ratio", "top_k", "growth_rate",
+              "init_features")
+
+
+def check_sizes(ckpt: dict, where: str) -> None:
+    """CheckpointError unless every size the saved config gives is an integer within SIZE_BOUNDS."""
+    cfg = ckpt.get("config") or {}
+    model_cfg = ckpt.get("model_config", cfg.get("model", {})) or {}
+
+    def bounded(name, value, bound):
+        low, high = SIZE_BOUNDS[bound]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CheckpointError(f"{where}: its config gives {name} = {str(value)[:40]}; expected an integer in "
+                                  f"{low}-{high} (refusing to build the network it describes)")
+
+    bounded("num_classes", ckpt.get("num_classes", 3), "num_classes")
+    patch = (cfg.get("train") or {}).get("patch_size")
+    if not isinstance(patch, (list, tuple)) or len(patch) != 3:
+        raise CheckpointError(f"{where}: its config gives train.patch_size = {str(patch)[:40]}; expected 3 integers")
+    for side in patch:
+        bounded("train.patch_size", side, "patch_side")
+    bounded("the patch's voxels", int(patch[0]) * int(patch[1]) * int(patch[2]), "patch_voxels")
+    for key in WIDTH_KEYS:
+        if key in model_cfg and model_cfg[key] is not None:
+            bounded(f"model.{key}", model_cfg[key], "width")
+    if model_cfg.get("n_stages") is not None:
+        bounded("model.n_stages", model_cfg["n_stages"], "stages")
+
+
 def model_from_checkpoint(ckpt: dict, where: str = "checkpoint"):
     """The network a checkpoint describes, with its weights; CheckpointError if they disagree
-    (every tensor's name and shape must be the network's)."""
+    (every tensor's name and shape must be the network's). The sizes are checked first (check_sizes),
+    then the network is built on the meta device (no memory) and its shapes compared with the
+    weights', and only then built for real."""
+    import torch
+
     from models import build_model
+    check_sizes(ckpt, where)
     cfg = ckpt["config"]
     model_cfg = ckpt.get("model_config", cfg["model"])  # with what train.py resolved (dMoE groups)
+    build = lambda: build_model(model_cfg, patch_size=cfg["train"]["patch_size"], in_channels=1,  # noqa: E731
+                                num_classes=ckpt.get("num_classes", 3))
     try:
-        model = build_model(model_cfg, patch_size=cfg["train"]["patch_size"], in_channels=1,
-                            num_classes=ckpt.get("num_classes", 3))
+        with torch.device("meta"):
+            shapes = {name: tuple(t.shape) for name, t in build().state_dict().items()}
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{where}: its config does not build a model with this version of fairkits ({exc})") from None
+    weights = ckpt.get("model") or {}
+    wrong = [(n, shapes[n], tuple(weights[n].shape)) for n in shapes if n in weights and hasattr(weights[n], "shape")
+             and tuple(weights[n].shape) != shapes[n]]
+    missing, extra = sorted(set(shapes) - set(weights)), sorted(set(weights) - set(shapes))
+    if wrong or missing or extra:
+        detail = (f"{wrong[0][0]}: the config gives {wrong[0][1]}, the weights {wrong[0][2]}" if wrong else
+                  f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}")
+        raise CheckpointError(f"{where}: weights do not fit the {cfg['model'].get('name')} its config describes "
+                              f"({detail}); never loading a different network")
+    try:
+        model = build()
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{where}: its config does not build a model with this version of fairkits ({exc})") from None
     try:

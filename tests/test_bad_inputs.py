@@ -216,7 +216,7 @@ PER_CASE = [
     ("missing age", "preprocess", "kits.json", edit_meta(age_at_nephrectomy=None), "missing age_at_nephrectomy"),
     ("missing age", "evaluate", "kits.json", edit_meta(age_at_nephrectomy=None), "missing age_at_nephrectomy"),
     ("non-numeric age", "preprocess", "kits.json", edit_meta(age_at_nephrectomy="sixty"),
-     "non-numeric age_at_nephrectomy 'sixty'"),
+     "age_at_nephrectomy is the text 'sixty'; expected a number"),
 ]
 
 

@@ -209,3 +209,35 @@ def test_discover_with_a_checkpoint_saves_the_models_pooled_bottleneck(runs, tmp
     image, _, _ = load_preprocessed(runs / "cache", case_id)
     again = case_embedding(net, image, patch_size=ckpt["config"]["train"]["patch_size"])
     assert np.allclose(again, vectors.loc[case_id].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_predictions_are_reused_only_when_this_checkpoint_and_these_settings_made_them(runs, tmp_path, capsys):
+    """Issue 43: --overwrite reused an earlier evaluation's maps, whatever made them (a map replaced by
+    the reference scored Dice 1.0 under --mirror --overwrite)."""
+    import shutil
+
+    run = runs / "runs" / "pair" / "seed0"
+    out = tmp_path / "ev"
+    base = ["--ckpt", str(run / "last.pt"), "--out", str(out), "--n-boot", "50", "--n-perm", "200", "--no-progress"]
+    assert evaluate.main(base + ["--no-mirror"]) == 0
+    first = pd.read_csv(out / "per_case.csv").set_index("case_id")
+    victim = first.index[0]
+    shutil.copyfile(runs / "raw" / victim / "segmentation.nii.gz", out / "predictions" / f"{victim}.nii.gz")
+    assert evaluate.main(base + ["--mirror", "--overwrite"]) == 0
+    again = pd.read_csv(out / "per_case.csv").set_index("case_id")
+    assert "kept" not in capsys.readouterr().out and again.loc[victim, "mean"] < 0.99   # predicted again, not reused
+    (out / "per_case.csv").unlink()                                  # an interrupted evaluation ...
+    assert evaluate.main(base + ["--no-mirror"]) == 2                # ... is not continued with other settings
+    err = capsys.readouterr().err
+    assert "holds" in err and "of another checkpoint or other settings (mirror differ)" in err and "--overwrite" in err
+    assert evaluate.main(base + ["--mirror"]) == 0                   # with its own, it is
+    assert "kept" in capsys.readouterr().out
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, other)
+    (out / "per_case.csv").unlink()
+    shutil.copyfile(other, run / "other.pt")
+    assert evaluate.main(["--ckpt", str(run / "other.pt"), *base[2:], "--mirror"]) == 2
+    assert "checkpoint_sha256 differ" in capsys.readouterr().err
+    (run / "other.pt").unlink()
