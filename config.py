@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ DEFAULTS = {
         "device": "auto",               # auto | cpu | cuda | cuda:N
         "amp": "auto",                  # auto (CUDA: bf16 if supported, else fp16; CPU: fp32) | bf16 | fp16 | off
                                         # (bf16 on a CPU: only with native bf16, AVX512-BF16 / AMX, else fp32)
+        # where amp is bf16 but the CPU has no native bf16 (so it trains in fp32, about twice the
+        # time a step): these overrides ("section.key": value) are applied first, e.g. a smaller patch
+        "fp32_fallback": {},
         "compile": False,
         "channels_last": False,
         "cudnn_benchmark": True,
@@ -132,7 +136,7 @@ DEFAULTS = {
         "dro": {"cvar_level": 0.2, "eta": 0.01, "tau_lr": 0.05, "warmup": 0.0},
     },
 }
-OPEN_SECTIONS = {"model"}
+OPEN_SECTIONS = {"model", "train.fp32_fallback"}
 EITHER_TYPE = {"fairness.method": (str, list)}   # one method or a list of them
 # keys of earlier versions: a config that still uses one is told where it went
 MOVED = {
@@ -298,9 +302,32 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
     _check_eval_metrics(cfg["eval"])
     _check_discovery(cfg["eval"])
     _check_ranges(cfg)
+    apply_fp32_fallback(cfg)        # checked here (every key a config key of the right type), applied by train.py
     if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
         raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
     return cfg
+
+
+def apply_fp32_fallback(cfg: dict) -> tuple[dict, list[str]]:
+    """(the config with train.fp32_fallback's overrides applied and the fallback emptied, the overrides
+    as "key=value" texts); ConfigError naming a key that is not a config key or a value of the wrong
+    type. train.py applies it where the CPU has no native bf16 (the saved config holds the result, so
+    a resumed run does not apply it twice)."""
+    fallback = cfg["train"].get("fp32_fallback") or {}
+    if not isinstance(fallback, dict):
+        raise ConfigError(f"config key 'train.fp32_fallback' is a mapping of overrides, got {short(fallback)}")
+    out, texts = copy.deepcopy(cfg), []
+    for path, value in fallback.items():
+        keys = str(path).split(".")
+        if len(keys) < 2 or path.startswith("train.fp32_fallback"):
+            raise ConfigError(f"train.fp32_fallback: {path!r} is not a config key like train.patch_size")
+        nested = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        out = _merge(out, nested, "", strict=True)
+        texts.append(f"{path}={json.dumps(value)}")
+    out["train"]["fp32_fallback"] = {}
+    return out, texts
 
 
 def _check_eval_metrics(ev: dict) -> None:

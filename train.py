@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from config import ConfigError, dump_config, load_config
+from config import ConfigError, apply_fp32_fallback, dump_config, load_config
 from data.atomic import write_text
 from data.errors import report_error
 from engine.builders import check_choices
@@ -286,12 +286,14 @@ def train_run(args) -> int:
 
     # --- the run: its config, folder, and the checkpoint it continues ------------------------------
     cfg, run_dir, resume_ckpt = resolve_run(args, is_main, distributed)
+    device = pick_device(cfg["train"]["device"], rank, distributed)
+    amp_dtype, use_scaler = amp_settings(cfg["train"]["amp"], device)
+    if device.type == "cpu" and cfg["train"]["amp"] == "bf16" and amp_dtype is None:
+        cfg, applied = apply_fp32_fallback(cfg)
+        log("recipe: train.amp=bf16, but this CPU has no native bf16 (AVX512-BF16 / AMX): training in fp32 "
+            "(emulated bf16 would be slower)" + (f", with the config's fp32 fallback: {', '.join(applied)}" if applied
+                                                 else ""))
     tc = cfg["train"]
-    device = pick_device(tc["device"], rank, distributed)
-    amp_dtype, use_scaler = amp_settings(tc["amp"], device)
-    if device.type == "cpu" and tc["amp"] == "bf16" and amp_dtype is None:
-        log("note: train.amp=bf16, but this CPU has no native bf16 (AVX512-BF16 / AMX): training in fp32 "
-            "(emulated bf16 would be slower)")
     seed_everything(tc["seed"])
     on_interrupt(lambda exc: "while preparing the data; the cases synthesised and preprocessed so far are "
                              "kept: the same command continues")

@@ -34,14 +34,14 @@ def kits(args) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     start = time.time()
     for sizes, shape in KITS_DESIGNS:
-        reps = args.replicates if sum(sizes) < 200 else max(200, args.replicates // (5 if sum(sizes) < 1000 else 10))
+        reps = args.replicates if sum(sizes) < 200 else max(200, args.replicates // (2 if sum(sizes) < 1000 else 4))
         r = calibrate(design(sizes, 1, shape), reps, seed=args.seed)
         tails = f"{100 * r['high']:.1f} / {100 * r['low']:.1f}" if "high" in r else "-"
         print(f"| {'+'.join(map(str, sizes))} | {shape} | {100 * r['false_alarm']:.1f} % | {tails} | "
               f"{100 * r['power']:.1f} % | {100 * r['mdg']:.1f} | {100 * r['gap_cover']:.1f} % | "
               f"{100 * r['mean_cover']:.1f} % |", flush=True)
-    print(f"\n{args.replicates} replicates per cell ({max(200, args.replicates // 5)} at 500 + 40, "
-          f"{max(200, args.replicates // 10)} at 2000 + 60), seed {args.seed}, {time.time() - start:.0f} s")
+    print(f"\n{args.replicates} replicates per cell ({max(200, args.replicates // 2)} at 500 + 40, "
+          f"{max(200, args.replicates // 4)} at 2000 + 60), seed {args.seed}, {time.time() - start:.0f} s")
     tumor_with_nan(args)
 
 
@@ -55,7 +55,7 @@ def tumor_with_nan(args) -> None:
     from fairness.significance import group_gap_test
 
     rng = np.random.default_rng(args.seed)
-    rejected, tables = 0, max(200, args.replicates // 5)
+    rejected, tables = 0, max(400, args.replicates // 2)
     for _ in range(tables):
         values = _kits_raw(rng, 50, "kits_tumor")
         values[rng.random(50) < 0.05] = np.nan

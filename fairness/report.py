@@ -112,7 +112,7 @@ def format_report(rep: GroupReport) -> str:
     es = f"ES-Dice {_pct(s['es_dice'], 0)}   " if a.metric.higher_is_better else ""
     lines.append(f"{es}worst {s['worst_group']} {_pct(s['worst'], 0, scale=k)}   "
                  f"gap {_pct(s['gap'], 0, scale=k)}   {rank_test_text(rep.test)}")
-    lines.append(f"({level}% intervals: group means Student t; SD, SER and CVaR bootstrap, {b['n_boot']} "
+    lines.append(f"({level}% intervals: group means bootstrap-t (the groups' shared shape); SD, SER and CVaR bootstrap, {b['n_boot']} "
                  f"resamples within groups, seed {b['seed']})")
     return "\n".join(lines + audit_footnotes(a))
 

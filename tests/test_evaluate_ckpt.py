@@ -46,7 +46,7 @@ def test_ckpt_predicts_the_test_split_in_the_original_geometry(runs, capsys):
         assert 0 < summary.loc["gap_p", "value"] <= 1
         for suffix in ("md", "tex", "png"):
             assert (ev / f"{'box' if suffix == 'png' else 'report'}_{attr}.{suffix}").stat().st_size > 0
-    assert "Mann-Whitney U" in out and "Kruskal-Wallis" in out and "95% intervals: group means Student t" in out
+    assert "Mann-Whitney U" in out and "Kruskal-Wallis" in out and "95% intervals: group means bootstrap-t" in out
     assert "noise alone gives up to" in out and "detectable:" in out
     assert any(p.name.startswith("events.out.tfevents") for p in ev.iterdir())
 

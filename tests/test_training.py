@@ -223,3 +223,25 @@ def test_a_checkpoint_from_before_the_mitigations_package_loads_evaluates_and_re
     assert train.main(["--resume", str(old), "--set", "train.epochs=2", "--no-progress"]) == 0
     resumed = load_checkpoint(old / "last.pt")
     assert resumed["format_version"] == 3 and resumed["epoch"] == 2 and "dro" in resumed["mitigations"]
+
+
+def test_the_fp32_fallback_applies_where_the_cpu_has_no_native_bf16(cohort, capsys, monkeypatch):
+    """train.fp32_fallback (the demo's cheaper recipe for CPUs that train in fp32): applied, said on the
+    first line and saved as the run's resolved config, only where bf16 is not native; a key that is not
+    a config key is refused when the config is read."""
+    import engine.runtime as runtime
+    from config import ConfigError, load_config
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    fallback = 'train.fp32_fallback={"train.epochs": 1, "train.patch_size": [16, 32, 32]}'
+    assert train.main(tiny_args(cohort, "fallback", epochs=3, extra=["train.amp=bf16", "train.patch_size=[16,48,48]",
+                                                                      fallback])) == 0
+    out = capsys.readouterr().out
+    assert "with the config's fp32 fallback: train.epochs=1, train.patch_size=[16, 32, 32]" in out
+    saved = load_config(saved=__import__("yaml").safe_load((cohort / "runs" / "fallback" / "config.yaml").read_text()))
+    assert saved["train"]["epochs"] == 1 and saved["train"]["patch_size"] == [16, 32, 32]
+    assert saved["train"]["fp32_fallback"] == {}          # applied once: a resumed run does not apply it again
+    with pytest.raises(ConfigError, match="unknown config key 'train.patchsize'"):
+        load_config(ROOT / "configs" / "demo.yaml", ['train.fp32_fallback={"train.patchsize": [1, 2, 3]}'])
+    with pytest.raises(ConfigError, match="expects"):
+        load_config(ROOT / "configs" / "demo.yaml", ['train.fp32_fallback={"train.epochs": "many"}'])
