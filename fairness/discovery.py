@@ -79,6 +79,10 @@ def conditions(features: pd.DataFrame) -> tuple[list[Condition], np.ndarray]:
     """Every one-feature condition; (conditions, their masks over the cases). Thresholds are the
     deciles of a feature over all cases: feature values are not outcomes, so the confirmation
     half's outcomes stay unseen, and both halves search the same rules."""
+    return _conditions(features)
+
+
+def _conditions(features: pd.DataFrame) -> tuple[list[Condition], np.ndarray]:
     conds, masks = [], []
     for name in features.columns:
         column = features[name]
@@ -127,18 +131,46 @@ def _rank_rules(cond_masks: np.ndarray, y: np.ndarray, search: np.ndarray, confi
     that are tight by chance above the real failure. Pairs are counted and summed for all (i, j)
     at once: counts = A A^T, sums = (A y) A^T over the half's masks A."""
     c = cond_masks.astype(np.float32)
-    a, b = c[:, search], c[:, confirm]
+    a = c[:, search]
     ys = y[search]
-    n_a, n_b = a.shape[1], b.shape[1]
-    full, count_a, count_b = c @ c.T, a @ a.T, b @ b.T           # diagonals: the single conditions
+    n_a, n_b = a.shape[1], int(confirm.sum())
+    full, count_a = _pair_counts(cond_masks), a @ a.T            # diagonals: the single conditions
+    count_b = full - count_a                                      # the halves partition the cases
     sums = (a * ys.astype(np.float32)) @ a.T
     ok = (full >= min_size) & (count_a >= 2) & (count_b >= 2) & (count_a <= n_a - 2) & (count_b <= n_b - 2)
-    ok &= np.triu(np.ones(ok.shape, bool))                       # each pair once, singles on the diagonal
-    i, j = np.nonzero(ok)
+    i, j = np.nonzero(np.triu(ok))                               # each pair once, singles on the diagonal
     n1, s1 = count_a[i, j].astype(float), sums[i, j].astype(float)
     gap = sign * ((ys.sum() - s1) / (n_a - n1) - s1 / n1)
     score = gap / (ys.std(ddof=1) * np.sqrt(1 / n1 + 1 / (n_a - n1)))
     return score, i, np.where(i == j, -1, j)
+
+
+_COUNTS: dict = {}
+
+
+def _pair_counts(cond_masks: np.ndarray) -> np.ndarray:
+    """Cases in both conditions of every pair (C @ C^T), computed once for the two halves' searches."""
+    key = (id(cond_masks), cond_masks.shape)
+    if key not in _COUNTS:
+        _COUNTS.clear()
+        c = cond_masks.astype(np.float32)
+        _COUNTS[key] = (cond_masks, c @ c.T)      # the array held too, so its id is not reused meanwhile
+    return _COUNTS[key][1]
+
+
+def _ranked(t: np.ndarray, enough: int):
+    """Indices of t from the largest down, ties in index order (a stable sort of -t), the first
+    `enough` of them picked with a partition (the full sort of every pair's score took most of a
+    search), then the rest if they are needed."""
+    if t.size <= enough:
+        yield from np.argsort(-t, kind="stable")
+        return
+    cut = np.partition(t, t.size - enough)[t.size - enough]
+    head = np.flatnonzero(t >= cut)                            # every index tied with the cut included
+    head = head[np.argsort(-t[head], kind="stable")]
+    yield from head
+    rest = np.flatnonzero(t < cut)
+    yield from rest[np.argsort(-t[rest], kind="stable")]
 
 
 def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +234,7 @@ def _search_half(conds, masks, y, search, confirm, min_size, sign, top, metric) 
         return [], 0
     t, first, second = _rank_rules(masks, y, search, confirm, min_size, sign)
     found, picked = [], []
-    for k in np.argsort(-t, kind="stable"):
+    for k in _ranked(t, 4096):
         rule = [conds[first[k]]] + ([conds[second[k]]] if second[k] >= 0 else [])
         mask = masks[first[k]] & (masks[second[k]] if second[k] >= 0 else True)
         in_search = mask & search
