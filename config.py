@@ -292,6 +292,7 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
         for key in reversed(keys):
             nested = {key: nested}
         cfg = _merge(cfg, nested, "", strict=True)
+        _yield_fallback(cfg, ".".join(keys))
     PreprocessSettings.from_dict(cfg["data"]["preprocess"])
     AugmentSettings.from_dict(cfg["train"]["augment"])
     if "moe" in cfg["model"]:  # the model section is open (builder arguments), so checked here
@@ -306,6 +307,17 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
     if cfg["data"]["synthesize_fov"] not in ("abdomen", "kidneys"):
         raise ConfigError(f"config key 'data.synthesize_fov' is abdomen or kidneys, got {cfg['data']['synthesize_fov']!r}")
     return cfg
+
+
+def _yield_fallback(cfg: dict, path: str) -> None:
+    """An explicit override (--set, a sweep's or --seeds' value) beats train.fp32_fallback's value for
+    the same key: `--set train.epochs=95` trains 95 epochs on every CPU."""
+    fallback = cfg["train"].get("fp32_fallback")
+    if not isinstance(fallback, dict) or path.startswith("train.fp32_fallback"):
+        return
+    for key in [k for k in fallback if str(k) == path or str(k).startswith(path + ".")
+                or path.startswith(str(k) + ".")]:
+        del fallback[key]
 
 
 def apply_fp32_fallback(cfg: dict) -> tuple[dict, list[str]]:

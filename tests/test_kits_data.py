@@ -61,7 +61,7 @@ def _edit_meta(root, case_index, **changes):
     ({"gender": "unknown"}, "case_00001: unknown sex value 'unknown' (expected male or female)"),
     ({"gender": None}, "case_00001: missing gender (sex)"),
     ({"age_at_nephrectomy": None}, "case_00001: missing age_at_nephrectomy"),
-    ({"age_at_nephrectomy": "old"}, "case_00001: non-numeric age_at_nephrectomy 'old'"),
+    ({"age_at_nephrectomy": "old"}, "case_00001: age_at_nephrectomy is the text 'old'; expected a number (write 65, not \"65\")"),
 ])
 def test_bad_metadata_is_a_one_line_error_and_others_go_on(tmp_path, change, message):
     write_tiny_cohort(tmp_path, n_cases=3)

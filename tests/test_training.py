@@ -227,8 +227,8 @@ def test_a_checkpoint_from_before_the_mitigations_package_loads_evaluates_and_re
 
 def test_the_fp32_fallback_applies_where_the_cpu_has_no_native_bf16(cohort, capsys, monkeypatch):
     """train.fp32_fallback (the demo's cheaper recipe for CPUs that train in fp32): applied, said on the
-    first line and saved as the run's resolved config, only where bf16 is not native; a key that is not
-    a config key is refused when the config is read."""
+    first line and saved as the run's resolved config, only where bf16 is not native; an explicit
+    --set of the same key wins; a key that is not a config key is refused when the config is read."""
     import engine.runtime as runtime
     from config import ConfigError, load_config
 
@@ -241,6 +241,12 @@ def test_the_fp32_fallback_applies_where_the_cpu_has_no_native_bf16(cohort, caps
     saved = load_config(saved=__import__("yaml").safe_load((cohort / "runs" / "fallback" / "config.yaml").read_text()))
     assert saved["train"]["epochs"] == 1 and saved["train"]["patch_size"] == [16, 32, 32]
     assert saved["train"]["fp32_fallback"] == {}          # applied once: a resumed run does not apply it again
+    # an explicit override beats the fallback's value for the same key, and only that key
+    demo = load_config(ROOT / "configs" / "demo.yaml", ["train.epochs=95", "model.n_convs=[2,2,2,2,2]"])
+    assert "train.epochs" not in demo["train"]["fp32_fallback"] and "model.n_convs" not in demo["train"]["fp32_fallback"]
+    applied, _ = __import__("config").apply_fp32_fallback(demo)
+    assert applied["train"]["epochs"] == 95 and applied["model"]["n_convs"] == [2, 2, 2, 2, 2]
+    assert applied["optim"]["lr"] == load_config(ROOT / "configs" / "demo.yaml")["train"]["fp32_fallback"]["optim.lr"]
     with pytest.raises(ConfigError, match="unknown config key 'train.patchsize'"):
         load_config(ROOT / "configs" / "demo.yaml", ['train.fp32_fallback={"train.patchsize": [1, 2, 3]}'])
     with pytest.raises(ConfigError, match="expects"):
