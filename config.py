@@ -92,7 +92,8 @@ DEFAULTS = {
     "eval": {
         "every": 50,                    # epochs between validations
         "overlap": 0.5,                 # sliding-window step 0.5 of the patch
-        "mirror": False,                # test-time mirroring (all 8 flips)
+        "mirror": False,                # test-time mirroring
+        "mirror_axes": [0, 1, 2],       # its axes (0 z, 1 y, 2 x): every flip of them, 8 for all three
         "tile_batch": 2,
         "max_cases": 0,                 # 0: every validation case
         # case-mix covariates the audits adjust group gaps for (fairness/significance.py): columns
@@ -301,6 +302,7 @@ def load_config(path=None, overrides=(), *, saved: dict | None = None) -> dict:
         cfg["fairness"]["method"] = cfg["fairness"]["method"][0]
     _check_methods(cfg["fairness"]["method"])
     _check_eval_metrics(cfg["eval"])
+    _check_mirror_axes(cfg["eval"]["mirror_axes"])
     _check_discovery(cfg["eval"])
     _check_ranges(cfg)
     apply_fp32_fallback(cfg)        # checked here (every key a config key of the right type), applied by train.py
@@ -340,6 +342,13 @@ def apply_fp32_fallback(cfg: dict) -> tuple[dict, list[str]]:
         texts.append(f"{path}={json.dumps(value)}")
     out["train"]["fp32_fallback"] = {}
     return out, texts
+
+
+def _check_mirror_axes(axes) -> None:
+    if (not isinstance(axes, list) or not axes or len(set(map(str, axes))) != len(axes)
+            or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in axes)):
+        raise ConfigError(f"config key 'eval.mirror_axes' is a list of distinct axes among 0 (z), 1 (y), 2 (x), "
+                          f"got {short(axes)}")
 
 
 def _check_eval_metrics(ev: dict) -> None:

@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--amp", default="auto", help="autocast on CUDA: auto, bf16, fp16, off")
     ck.add_argument("--overlap", type=number(low=0, high=1, open_high=True), help="sliding-window overlap (default: the run's eval.overlap, 0.5)")
     ck.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                    help="test-time mirroring over all 8 flips (default: the run's eval.mirror)")
+                    help="test-time mirroring (default: the run's eval.mirror) over the flips of the run's "
+                         "eval.mirror_axes (all three axes: 8 flips)")
+    ck.add_argument("--mirror-axes", type=int, nargs="+", choices=[0, 1, 2], metavar="AXIS",
+                    help="the axes --mirror flips, 0 z, 1 y, 2 x (default: the run's eval.mirror_axes; "
+                         "2 alone is the left-right flip, 2 forward passes a tile instead of 8)")
     ck.add_argument("--tile-batch", type=whole(minimum=1), help="tiles per forward pass (default: the run's eval.tile_batch)")
     add_compare_options(parser.add_argument_group("with --compare"))
     me = parser.add_argument_group("metrics")

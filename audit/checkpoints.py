@@ -50,6 +50,7 @@ def load_model(ckpt_path: Path, args):
     options = WindowOptions(patch_size=tuple(cfg["train"]["patch_size"]),
                             overlap=ev["overlap"] if args.overlap is None else args.overlap,
                             mirror=ev["mirror"] if args.mirror is None else args.mirror,
+                            mirror_axes=tuple(ev["mirror_axes"] if args.mirror_axes is None else args.mirror_axes),
                             tile_batch=args.tile_batch or ev["tile_batch"], device=device, amp_dtype=amp_dtype)
     return ckpt, cfg, model, options
 
@@ -170,7 +171,7 @@ def prediction_record(ckpt_path: Path, args, options, settings) -> dict:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     amp = getattr(options.amp_dtype, "__str__", lambda: "none")() if options.amp_dtype is not None else "none"
-    return {"checkpoint_sha256": digest.hexdigest(), "overlap": float(options.overlap), "mirror": bool(options.mirror),
+    return {"checkpoint_sha256": digest.hexdigest(), "overlap": float(options.overlap), "mirror": sorted(set(options.mirror_axes)) if options.mirror else False,
             "patch_size": list(options.patch_size), "amp": amp, "device": str(options.device).split(":")[0],
             "data": str(args.data.resolve()) if args.data is not None else "the run's cache",
             "preprocess": settings.to_dict() if hasattr(settings, "to_dict") else str(settings)}

@@ -296,6 +296,7 @@ class Trainer:
         """Per-case Dice (preprocessed geometry) of the current weights, with the group columns."""
         ev, net = self.cfg["eval"], unwrap(self.model)
         options = WindowOptions(patch_size=self.patch, overlap=ev["overlap"], mirror=ev["mirror"],
+                                mirror_axes=tuple(ev["mirror_axes"]),
                                 tile_batch=ev["tile_batch"], device=self.env.device, amp_dtype=self.env.amp_dtype)
         ds_was, net.deep_supervision = net.deep_supervision, False
         scorer = CaseScorer(net, self.data.cache, options, index=self.data.index, metrics=ev["metrics"],

@@ -44,6 +44,7 @@ class WindowOptions:
     patch_size: tuple
     overlap: float = 0.5
     mirror: bool = False
+    mirror_axes: tuple = (0, 1, 2)
     tile_batch: int = 2
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
@@ -69,7 +70,7 @@ class CaseScorer:
     def predict(self, case_id: str, image) -> torch.Tensor:
         o = self.options
         return predict_case(self.network_for(case_id), image, patch_size=o.patch_size, overlap=o.overlap,
-                            mirror=o.mirror, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
+                            mirror=o.mirror, mirror_axes=o.mirror_axes, tile_batch=o.tile_batch, device=o.device, amp_dtype=o.amp_dtype)
 
     def embed(self, case_id: str) -> np.ndarray:
         """The case's pooled bottleneck vector (models/embedding.py), routed by its group like its prediction."""

@@ -4,7 +4,8 @@ Tiles of the patch size step by `overlap` of the patch (0.5: half a patch), each
 is weighted by a Gaussian importance map (sigma = patch / 8, so tile centres count most), tiles
 are batched, and the weighted sum is normalised by the summed weights. A case smaller than the
 patch is zero-padded (as in training) and the padding cropped off again. Optional test-time
-mirroring averages the predictions of all 8 flips.
+mirroring averages the predictions of every flip of the chosen axes (all three: 8 flips; the
+left-right axis alone: 2, a quarter of the cost).
 
 Usage:
     probs = predict_case(model, image, patch_size=(32, 64, 64), device="cpu")  # (C, Z, Y, X)
@@ -42,14 +43,25 @@ def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
     return [int(round(i * actual)) for i in range(n)]
 
 
-def _forward(model, tiles: torch.Tensor, mirror: bool) -> torch.Tensor:
+MIRROR_AXES = (0, 1, 2)     # z, y, x of the image
+
+
+def mirror_flips(mirror: bool, axes=MIRROR_AXES) -> list[tuple[int, ...]]:
+    """The flips test-time mirroring adds to the plain prediction, as tensor dims of a (N, C, Z, Y, X)
+    batch: every non-empty combination of the chosen spatial axes (none when mirror is off)."""
+    if not mirror:
+        return []
+    dims = tuple(2 + int(a) for a in sorted(set(axes)))
+    return [combo for r in range(1, len(dims) + 1) for combo in itertools.combinations(dims, r)]
+
+
+def _forward(model, tiles: torch.Tensor, flips) -> torch.Tensor:
     def run(x):
         out = model(x)
         return out[0] if isinstance(out, (list, tuple)) else out
 
     probs = torch.softmax(run(tiles).float(), dim=1)
-    if mirror:
-        flips = [axes for r in range(1, 4) for axes in itertools.combinations((2, 3, 4), r)]
+    if flips:
         for axes in flips:
             probs += torch.softmax(run(tiles.flip(axes)).float(), dim=1).flip(axes)
         probs /= 1 + len(flips)
@@ -68,9 +80,11 @@ def _axis_weight_sums(size: int, patch: int, starts, sigma_scale: float = 1 / 8,
 
 
 @torch.no_grad()
-def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool = False, tile_batch: int = 2,
-                 device="cpu", amp_dtype=None) -> torch.Tensor:
-    """Class probabilities (C, Z, Y, X), float32 on the CPU, for an image (Z, Y, X) or (1, Z, Y, X)."""
+def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool = False, mirror_axes=MIRROR_AXES,
+                 tile_batch: int = 2, device="cpu", amp_dtype=None) -> torch.Tensor:
+    """Class probabilities (C, Z, Y, X), float32 on the CPU, for an image (Z, Y, X) or (1, Z, Y, X);
+    with `mirror`, averaged over the flips of `mirror_axes` (0 z, 1 y, 2 x)."""
+    flips = mirror_flips(mirror, mirror_axes)
     image = np.asarray(image, dtype=np.float32)
     if not (image.flags.writeable and image.flags.c_contiguous):  # e.g. cached images: read-only memmaps
         image = np.array(image, dtype=np.float32, order="C")  # (never written to: tiles are copies)
@@ -102,7 +116,7 @@ def predict_case(model, image, *, patch_size, overlap: float = 0.5, mirror: bool
             tiles = torch.stack([padded[:, z:z + patch_size[0], y:y + patch_size[1], x:x + patch_size[2]]
                                  for z, y, x in chunk])
             with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                probs = _forward(model, tiles, mirror)
+                probs = _forward(model, tiles, flips)
             if acc is None:
                 acc = torch.zeros((probs.shape[1],) + full, device=device)
             probs *= weight  # the whole batch at once, in place

@@ -2,6 +2,8 @@
 
     nnunet          plain conv U-Net: 2 x (conv3 -> InstanceNorm -> LeakyReLU 0.01) per stage,
                     32 features doubling to 320, strided-conv down, transposed-conv up
+                    (`first_stage_convs: 1` makes the full-resolution stage one conv, in the
+                    plain networks: the demo's cheaper fp32 recipe)
     unet            3D U-Net (Cicek et al.): conv-BatchNorm-ReLU pairs, max-pool down
     vnet            V-Net (Milletari et al.): 5x5x5 convs in residual stages (1, 2, 3, 3, ... convs),
                     strided 2x2x2 conv down, PReLU
@@ -74,6 +76,19 @@ def _stages(patch_size, base_features, max_features, max_stages, kernel_size, fe
     return features, strides, kernel_sizes
 
 
+def _stage_convs(n_convs, first_stage_convs: int | None, n_stages: int):
+    """Convolutions per stage: n_convs (one number or one per stage), the full-resolution stage's
+    replaced by first_stage_convs when given. A count for the first stage alone, not a list, so it
+    holds whatever number of stages the patch gives (the demo's fp32 fallback uses 1: at full
+    resolution each convolution costs as much as all the coarser stages together)."""
+    if first_stage_convs is None:
+        return n_convs
+    if int(first_stage_convs) < 1:
+        raise ValueError(f"first_stage_convs must be 1 or more, got {first_stage_convs}")
+    convs = list(n_convs) if isinstance(n_convs, (list, tuple)) else [n_convs] * n_stages
+    return [int(first_stage_convs)] + convs[1:]
+
+
 def _build(encoder: Encoder, num_classes: int, attention: bool, deep_supervision: bool) -> SegmentationNetwork:
     net = SegmentationNetwork(encoder, Decoder(encoder, num_classes, attention=attention,
                                                deep_supervision=deep_supervision))
@@ -82,33 +97,36 @@ def _build(encoder: Encoder, num_classes: int, attention: bool, deep_supervision
 
 
 def nnunet(*, patch_size, in_channels: int = 1, num_classes: int = 3, base_features: int = 32,
-           max_features: int = 320, max_stages: int = 6, n_convs: int = 2, features=None, strides=None,
-           kernel_sizes=None, norm: str = "instance", act: str = "leakyrelu",
+           max_features: int = 320, max_stages: int = 6, n_convs: int = 2, first_stage_convs: int | None = None,
+           features=None, strides=None, kernel_sizes=None, norm: str = "instance", act: str = "leakyrelu",
            deep_supervision: bool = True) -> SegmentationNetwork:
     features, strides, kernels = _stages(patch_size, base_features, max_features, max_stages, 3, features,
                                          strides, kernel_sizes)
+    n_convs = _stage_convs(n_convs, first_stage_convs, len(features))
     enc = Encoder(in_channels, features, strides, kernels, n_convs, downsample="conv", block="plain",
                   norm=norm, act=act)
     return _build(enc, num_classes, attention=False, deep_supervision=deep_supervision)
 
 
 def unet(*, patch_size, in_channels: int = 1, num_classes: int = 3, base_features: int = 32,
-         max_features: int = 320, max_stages: int = 5, n_convs: int = 2, features=None, strides=None,
-         kernel_sizes=None, norm: str = "batch", act: str = "relu", deep_supervision: bool = True,
-         attention: bool = False) -> SegmentationNetwork:
+         max_features: int = 320, max_stages: int = 5, n_convs: int = 2, first_stage_convs: int | None = None,
+         features=None, strides=None, kernel_sizes=None, norm: str = "batch", act: str = "relu",
+         deep_supervision: bool = True, attention: bool = False) -> SegmentationNetwork:
     features, strides, kernels = _stages(patch_size, base_features, max_features, max_stages, 3, features,
                                          strides, kernel_sizes)
+    n_convs = _stage_convs(n_convs, first_stage_convs, len(features))
     enc = Encoder(in_channels, features, strides, kernels, n_convs, downsample="maxpool", block="plain",
                   norm=norm, act=act)
     return _build(enc, num_classes, attention=attention, deep_supervision=deep_supervision)
 
 
 def attention_unet(*, patch_size, in_channels: int = 1, num_classes: int = 3, base_features: int = 32,
-                   max_features: int = 320, max_stages: int = 5, n_convs: int = 2, features=None,
-                   strides=None, kernel_sizes=None, norm: str = "batch", act: str = "relu",
+                   max_features: int = 320, max_stages: int = 5, n_convs: int = 2, first_stage_convs: int | None = None,
+                   features=None, strides=None, kernel_sizes=None, norm: str = "batch", act: str = "relu",
                    deep_supervision: bool = True) -> SegmentationNetwork:
     return unet(patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
                 base_features=base_features, max_features=max_features, max_stages=max_stages, n_convs=n_convs,
+                first_stage_convs=first_stage_convs,
                 features=features, strides=strides, kernel_sizes=kernel_sizes, norm=norm, act=act,
                 deep_supervision=deep_supervision, attention=True)
 

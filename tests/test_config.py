@@ -32,6 +32,9 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("train.epochs=2.5", "config key 'train.epochs' expects int"),
     ("train.compile=1", "config key 'train.compile' expects bool"),
     ("data.preprocess.spacing=[1,1,1]", "unknown config key 'data.preprocess.spacing'"),
+    ("eval.mirror_axes=[3]", "config key 'eval.mirror_axes' is a list of distinct axes among 0 .z., 1 .y., 2 .x., got [3]"),
+    ("eval.mirror_axes=[2,2]", "config key 'eval.mirror_axes' is a list of distinct axes among 0 .z., 1 .y., 2 .x., got [2, 2]"),
+    ("eval.mirror_axes=[]", "config key 'eval.mirror_axes' is a list of distinct axes"),
     ("train.epochs", "must look like section.key=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):

@@ -175,6 +175,17 @@ def test_mirroring_averages_the_eight_flips(net):
     torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("axes, dims", [((2,), [(), (4,)]), ((1, 2), [(), (3,), (4,), (3, 4)])])
+def test_mirroring_over_chosen_axes_averages_only_their_flips(net, axes, dims):
+    """eval.mirror_axes [2] (left-right): the plain and the x-flipped prediction, 2 passes instead of 8."""
+    img = image(PATCH, seed=7)
+    x = torch.from_numpy(img)[None, None]
+    expected = sum(softmax_full(net, x.flip(a)).flip([d - 1 for d in a]) for a in dims) / len(dims)
+    probs = predict_case(net, img, patch_size=PATCH, mirror=True, mirror_axes=axes)
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(probs, predict_case(net, img, patch_size=PATCH, mirror=True), atol=1e-4)
+
+
 def test_mirroring_a_flip_equivariant_model_changes_nothing():
     torch.manual_seed(2)
     conv = torch.nn.Conv3d(1, 3, kernel_size=1)  # pointwise: commutes with every flip

@@ -36,6 +36,20 @@ def test_shapes_deep_supervision_and_backward(name):
     assert n_params > 0
 
 
+@pytest.mark.parametrize("name", ["nnunet", "unet", "attention_unet"])
+def test_first_stage_convs_changes_only_the_full_resolution_stage_whatever_the_stage_count(name):
+    for patch, stages in (((16, 32, 32), 4), ((32, 64, 64), 5)):
+        net = build_model({"name": name, "first_stage_convs": 1, **TINY}, patch_size=patch)
+        assert net.encoder.n_convs == [1] + [2] * (stages - 1)
+        plain = build_model({"name": name, **TINY}, patch_size=patch)
+        # one 3x3x3 conv at base 4 features (weights 4*4*27, bias 4) and its norm's scale and shift (2*4),
+        # in the encoder and in the decoder derived from it
+        removed = sum(p.numel() for p in plain.parameters()) - sum(p.numel() for p in net.parameters())
+        assert removed == 2 * (4 * 4 * 27 + 4 + 2 * 4)
+    with pytest.raises(ValueError, match="first_stage_convs must be 1 or more"):
+        build_model({"name": name, "first_stage_convs": 0, **TINY}, patch_size=(16, 32, 32))
+
+
 def test_full_size_parameter_counts():
     # nnU-Net's KiTS19 3d_fullres plain U-Net has ~31 M parameters at 6 stages, 32..320 features.
     net = build_model({"name": "nnunet"}, patch_size=(80, 160, 160))

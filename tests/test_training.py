@@ -242,10 +242,11 @@ def test_the_fp32_fallback_applies_where_the_cpu_has_no_native_bf16(cohort, caps
     assert saved["train"]["epochs"] == 1 and saved["train"]["patch_size"] == [16, 32, 32]
     assert saved["train"]["fp32_fallback"] == {}          # applied once: a resumed run does not apply it again
     # an explicit override beats the fallback's value for the same key, and only that key
-    demo = load_config(ROOT / "configs" / "demo.yaml", ["train.epochs=95", "model.n_convs=[2,2,2,2,2]"])
-    assert "train.epochs" not in demo["train"]["fp32_fallback"] and "model.n_convs" not in demo["train"]["fp32_fallback"]
+    demo = load_config(ROOT / "configs" / "demo.yaml", ["train.epochs=95", "model.first_stage_convs=2"])
+    assert "train.epochs" not in demo["train"]["fp32_fallback"]
+    assert "model.first_stage_convs" not in demo["train"]["fp32_fallback"]
     applied, _ = __import__("config").apply_fp32_fallback(demo)
-    assert applied["train"]["epochs"] == 95 and applied["model"]["n_convs"] == [2, 2, 2, 2, 2]
+    assert applied["train"]["epochs"] == 95 and applied["model"]["first_stage_convs"] == 2
     assert applied["optim"]["lr"] == load_config(ROOT / "configs" / "demo.yaml")["train"]["fp32_fallback"]["optim.lr"]
     with pytest.raises(ConfigError, match="unknown config key 'train.patchsize'"):
         load_config(ROOT / "configs" / "demo.yaml", ['train.fp32_fallback={"train.patchsize": [1, 2, 3]}'])
