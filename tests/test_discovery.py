@@ -173,7 +173,7 @@ def test_train_runs_discovery_on_its_test_tables_when_asked(tmp_path, capsys):
     import train
     from tests.test_training import tiny_args
     write_tiny_cohort(tmp_path / "raw", n_cases=6, shape=(16, 48, 48), spacing=(4.0, 1.2, 1.2))
-    assert train.main(tiny_args(tmp_path, "disc", epochs=1, extra=["eval.discover=true",
+    assert train.main(tiny_args(tmp_path, "disc", epochs=1, extra=["eval.report=true", "eval.discover=true",
                                                                    "eval.discover_features=metadata,derived,embedding"])) == 0
     out = capsys.readouterr().out
     eval_dir = tmp_path / "runs" / "disc" / "eval"

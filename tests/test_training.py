@@ -27,7 +27,10 @@ def tiny_args(root, name, epochs, extra=()):
     sets = [f"data.raw={root / 'raw'}", f"data.cache={root / 'cache'}", f"train.out_dir={root / 'runs'}",
             "data.test=2", "train.patch_size=[16,32,32]", "model.base_features=4", "model.max_features=16",
             f"train.epochs={epochs}", "train.batch_size=2", "train.steps_per_epoch=null", "train.workers=0", "eval.every=100",
-            "train.checkpoint_every=1", "train.image_slices=1", *extra]
+            "train.checkpoint_every=1", "train.image_slices=1",
+            # the test tables' page (box plots, report.html) costs ~2 s a run; tests/test_discovery.py and
+            # test_configs_smoke's demo run keep it, tests/test_report_html.py checks the page itself
+            "eval.report=false", *extra]
     args = ["--config", str(ROOT / "configs" / "baseline_nnunet.yaml"), "--name", name, "--no-progress"]
     for s in sets:
         args += ["--set", s]
