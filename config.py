@@ -345,8 +345,9 @@ def apply_fp32_fallback(cfg: dict) -> tuple[dict, list[str]]:
 
 
 def _check_mirror_axes(axes) -> None:
-    if (not isinstance(axes, list) or not axes or len(set(map(str, axes))) != len(axes)
-            or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in axes)):
+    if (not isinstance(axes, list) or not axes
+            or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in axes)
+            or len(set(axes)) != len(axes)):
         raise ConfigError(f"config key 'eval.mirror_axes' is a list of distinct axes among 0 (z), 1 (y), 2 (x), "
                           f"got {short(axes)}")
 

@@ -35,7 +35,7 @@ from fairness.metrics import case_scores
 from fairness.surface import DEFAULT_TOLERANCE_MM
 from mitigations.dmoe import WithGroup
 from models.embedding import case_embedding
-from models.inference import predict_case
+from models.inference import MIRROR_AXES, predict_case
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class WindowOptions:
     patch_size: tuple
     overlap: float = 0.5
     mirror: bool = False
-    mirror_axes: tuple = (0, 1, 2)
+    mirror_axes: tuple = MIRROR_AXES
     tile_batch: int = 2
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None

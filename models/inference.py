@@ -61,9 +61,9 @@ def _forward(model, tiles: torch.Tensor, flips) -> torch.Tensor:
         return out[0] if isinstance(out, (list, tuple)) else out
 
     probs = torch.softmax(run(tiles).float(), dim=1)
+    for axes in flips:
+        probs += torch.softmax(run(tiles.flip(axes)).float(), dim=1).flip(axes)
     if flips:
-        for axes in flips:
-            probs += torch.softmax(run(tiles.flip(axes)).float(), dim=1).flip(axes)
         probs /= 1 + len(flips)
     return probs
 
